@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from support import eventually
 
-from jiriaf.devcluster.cluster import LocalCluster
+from jiriaf.devcluster.cluster import LocalCluster, free_port
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +52,89 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 def kubeconfig(cluster: LocalCluster) -> Path:
     """The admin kubeconfig of the session's cluster."""
     return cluster.kubeconfig
+
+
+class JRMProcess:
+    """A ``jiriaf jrm run`` process started by a test, stopped by pid at the end."""
+
+    def __init__(self, node_name: str, workdir: Path, kubeconfig: Path, log: Path, env: dict[str, str]) -> None:
+        self.node_name = node_name
+        self.workdir = workdir
+        self.kubeconfig = kubeconfig
+        self.log = log
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> JRMProcess:
+        with self.log.open("ab") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "jiriaf.cli", "jrm", "run", "--log-level", "DEBUG"],
+                env=self.env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        return self
+
+    def wait_ready(self, client: Any, timeout: float = 60) -> None:
+        from lightkube.resources.core_v1 import Node
+
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"JRM exited with {self.proc.returncode}; log:\n{self.log.read_text()[-3000:]}")
+            node = client.get(Node, self.node_name)
+            return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+
+        eventually(ready, timeout=timeout, what=f"node {self.node_name} Ready")
+
+    def terminate(self, timeout: float = 120) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture()
+def jrm_factory(kubeconfig: Path, tmp_path: Path) -> Iterator[Callable[..., JRMProcess]]:
+    """Start JRMs (``jiriaf jrm run`` subprocesses) against the session's cluster."""
+    started: list[JRMProcess] = []
+
+    def make(node_name: str | None = None, **settings: str) -> JRMProcess:
+        name = node_name or f"jrm-{uuid.uuid4().hex[:6]}"
+        workdir = tmp_path / name
+        env = {
+            **os.environ,
+            "NODENAME": name,
+            "KUBECONFIG": str(kubeconfig),
+            "VKUBELET_POD_IP": "127.0.0.1",
+            "KUBELET_PORT": str(free_port()),
+            "JIRIAF_WORKDIR": str(workdir),
+            "JIRIAF_WALLTIME": "0",
+            "JIRIAF_NODETYPE": "cpu",
+            "JIRIAF_SITE": "local",
+            "JIRIAF_LEASE_RENEW_INTERVAL": "5",
+            "JIRIAF_STATUS_INTERVAL": "5",
+        }
+        env.update(settings)
+        jrm = JRMProcess(name, workdir, kubeconfig, tmp_path / f"{name}.log", env)
+        started.append(jrm)
+        return jrm
+
+    yield make
+    from lightkube import Client, KubeConfig
+    from lightkube.resources.core_v1 import Node
+
+    client = Client(KubeConfig.from_file(kubeconfig))
+    for jrm in started:
+        if jrm.proc is not None and jrm.proc.poll() is None:
+            jrm.terminate()
+        with contextlib.suppress(Exception):
+            client.delete(Node, jrm.node_name)
+        print(f"[jrm {jrm.node_name}] log: {jrm.log}")

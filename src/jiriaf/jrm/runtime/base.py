@@ -51,6 +51,9 @@ class ContainerFacts:
     # exit codes of earlier runs are kept by the pod controller; the runtime keeps the last run's
     previous: ContainerFacts | None = None
     pids: list[int] = field(default_factory=list)  # every live process of the container
+    # a note from the runtime when a fact was inferred rather than observed (for example the exit
+    # code of a run whose processes were all SIGKILLed before anything recorded its status)
+    message: str | None = None
 
 
 class Runtime(abc.ABC):
@@ -75,6 +78,12 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     def log_paths(self, key: ContainerKey, previous: bool = False) -> tuple[Path, Path] | None:
         """The stdout and stderr files of the latest (or previous) run."""
+
+    def forget(self, key: ContainerKey) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Drop what the runtime remembers of a container (after it was stopped and its pod is gone)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Stop watching containers without stopping them (JRM shutdown); adopt() finds them again."""
 
 
 class RuntimeStartError(Exception):
