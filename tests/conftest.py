@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import eventually
 
 from jiriaf.devcluster.cluster import LocalCluster, free_port
+from support import eventually
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +57,9 @@ def kubeconfig(cluster: LocalCluster) -> Path:
 class JRMProcess:
     """A ``jiriaf jrm run`` process started by a test, stopped by pid at the end."""
 
-    def __init__(self, node_name: str, workdir: Path, kubeconfig: Path, log: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, node_name: str, workdir: Path, kubeconfig: Path, log: Path, env: dict[str, str]
+    ) -> None:
         self.node_name = node_name
         self.workdir = workdir
         self.kubeconfig = kubeconfig
@@ -69,7 +71,10 @@ class JRMProcess:
         with self.log.open("ab") as fh:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "jiriaf.cli", "jrm", "run", "--log-level", "DEBUG"],
-                env=self.env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=self.env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
         return self
 
@@ -79,7 +84,9 @@ class JRMProcess:
         def ready() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise AssertionError(f"JRM exited with {self.proc.returncode}; log:\n{self.log.read_text()[-3000:]}")
+                raise AssertionError(
+                    f"JRM exited with {self.proc.returncode}; log:\n{self.log.read_text()[-3000:]}"
+                )
             node = client.get(Node, self.node_name)
             return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
 

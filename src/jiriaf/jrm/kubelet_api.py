@@ -46,12 +46,21 @@ def _pods(pods: PodController) -> list[dict[str, Any]]:
     out = []
     for worker in pods.workers.values():
         status = worker.reported or worker.pod.get("status") or {}
-        out.append({"apiVersion": "v1", "kind": "Pod", "metadata": worker.pod.get("metadata", {}),
-                    "spec": worker.pod.get("spec", {}), "status": status})
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": worker.pod.get("metadata", {}),
+                "spec": worker.pod.get("spec", {}),
+                "status": status,
+            }
+        )
     return out
 
 
-async def start_kubelet_api(settings: JRMSettings, client: httpx2.AsyncClient, pods: PodController) -> KubeletServer:
+async def start_kubelet_api(
+    settings: JRMSettings, client: httpx2.AsyncClient, pods: PodController
+) -> KubeletServer:
     """Start the HTTPS kubelet API on ``settings.kubelet_port`` with authentication."""
     if settings.tls_cert_file and settings.tls_private_key_file:
         cert, key = settings.tls_cert_file, settings.tls_private_key_file

@@ -225,29 +225,32 @@ class ProcessTable:
         if last is not None and last.taken_at >= newer_than:
             return last
         running = self._running
-        if running is None:
-            task = asyncio.create_task(self._scan_after(None))
+        if self._queued is not None:  # it starts after the running scan ends, so after now
+            task = self._queued
+        elif running is None:
+            started = time.monotonic()
+            task = asyncio.create_task(self._scan(started))
+            self._running = (started, task)
         elif running[0] >= newer_than:
             task = running[1]
         else:  # the running scan is too old for this caller: share the next one
-            if self._queued is None:
-                self._queued = asyncio.create_task(self._scan_after(running[1]))
-            task = self._queued
+            task = self._queued = asyncio.create_task(self._scan_after(running[1]))
         # shield: a caller that is cancelled must not cancel the scan other callers wait for
         return await asyncio.shield(task)
 
-    async def _scan_after(self, previous: asyncio.Task[Snapshot] | None) -> Snapshot:
-        if previous is not None:
-            await asyncio.wait([previous])
-            self._queued = None
+    async def _scan_after(self, previous: asyncio.Task[Snapshot]) -> Snapshot:
+        await asyncio.wait([previous])
         started = time.monotonic()
         current = asyncio.current_task()
         assert current is not None
-        self._running = (started, current)
+        self._running, self._queued = (started, current), None
+        return await self._scan(started)
+
+    async def _scan(self, started: float) -> Snapshot:
         try:
             procs = await asyncio.to_thread(scan)
         finally:
-            if self._running is not None and self._running[1] is current:
+            if self._running is not None and self._running[0] == started:
                 self._running = None
         snap = Snapshot(started, tuple(procs))
         if self._last is None or self._last.taken_at < started:
