@@ -556,13 +556,9 @@ def test_every_volume_type(node: Any, client: Client, ns: str, tmp_path: Path) -
 def _hostile_cases(allowed: Path, outside: Path) -> list[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
     """Hostile volume specs. Some the apiserver itself refuses; the rest must be refused by the JRM."""
     m = [{"name": "v", "mountPath": "/m"}]
-    cm_items = lambda path: {
-        "name": "v",
-        "configMap": {
-            "name": "files",
-            "items": [{"key": "a.txt", "path": path}],
-        },
-    }
+    def cm_items(path: str) -> dict[str, Any]:
+        return {"name": "v", "configMap": {"name": "files", "items": [{"key": "a.txt", "path": path}]}}
+
     return [
         ("dotdot-item", cm_items("../../x"), m),
         ("abs-item", cm_items("/etc/x"), m),
