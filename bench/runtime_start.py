@@ -7,6 +7,9 @@ baseline, the same number of ``sleep`` processes with ``subprocess.Popen(start_n
 Prints start latency p50/p99 (per start call), a burst of concurrent starts, the memory of the idle
 processes (RSS sum, and PSS sum which counts shared pages once) and the stop time, with the ratio
 runtime/baseline. Everything it starts is stopped before it exits; it takes a few seconds.
+
+The baseline writes no files, while each ProcessRuntime start creates its log and record files in
+the work directory (a temporary directory: set TMPDIR=/dev/shm to take the disk out of the numbers).
 """
 
 from __future__ import annotations

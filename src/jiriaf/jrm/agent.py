@@ -134,6 +134,7 @@ class Agent:
             if self.server is not None:
                 with contextlib.suppress(Exception):
                     await self.server.stop()
+            runtime.close()  # stop watching; containers still running are adopted by the next start
             await client.aclose()
 
     async def _start_server(self, client: httpx2.AsyncClient, pods: PodController) -> Any:

@@ -562,6 +562,8 @@ class PodWorker:
                 if exc.status != 409:  # 409: a newer pod of the same name; ours is gone already
                     raise
         shutil.rmtree(self.pod_dir, ignore_errors=True)
+        for name in self.containers:
+            self.c.runtime.forget(self.key(name))
         self.finished = True
 
     # ------------------------------------------------------------------ status

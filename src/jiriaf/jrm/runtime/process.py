@@ -1,11 +1,14 @@
 """Containers as user-space process groups: the default runtime of the JRM.
 
 Each run of a container is a new session led by a tiny POSIX ``sh`` shim (dash when available: it
-costs well under a megabyte per container). The shim ignores-by-trapping the usual termination
-signals, runs the real command as a foreground child in its own process group, and when that child
-ends writes the child's exit status (``128+N`` for signal N, as sh reports it) to the ``exit``
-file before exiting with the same status. So the true exit code survives a JRM that was not
-running when the container ended; the file's mtime is the finish time.
+costs well under a megabyte per container). The shim traps (it does not ignore, so the command
+inherits nothing ignored) the usual termination signals, runs the real command as a foreground
+child in its own process group, and when that child ends writes the child's exit status (``128+N``
+for signal N, as sh reports it) to the ``exit`` file before exiting with the same status. So the
+true exit code survives a JRM that was not running when the container ended; the file's mtime is
+the finish time. The file is written with a single ``write`` right before the shim exits and the
+JRM reads it only once the shim is gone, so it is never seen half-written: no temporary file, no
+``mv`` or ``date`` process that a SIGKILL sweep could hit while the shim records the status.
 
 Files in ``launch.container_dir``:
 
@@ -366,7 +369,8 @@ class ProcessRuntime(Runtime):
 
     ``inspect()`` only reads memory: exits of processes this JRM started are noticed through pidfds
     in the event loop (or, on kernels without pidfds, by polling every ``poll_interval`` seconds);
-    adopted processes are watched the same way, since a pidfd works for any process.
+    adopted processes are watched the same way, since a pidfd works for any process. (asyncio's
+    subprocess watcher on Python 3.11 costs one thread per child: too much for 500 containers.)
 
     Parameters (keyword-only, mostly for tests and old systems):
     ``shell``: the shim's sh (default: dash if found, else /bin/sh with the exact-environment helper);
@@ -374,7 +378,8 @@ class ProcessRuntime(Runtime):
     or ``"popen"``; default: posix_spawn when the C library supports it;
     ``use_pidfd``: default: when the kernel supports it;
     ``kill_leftovers``: SIGKILL what remains of a container when its main process ends;
-    ``shim_exit_timeout``: how long ``stop()`` lets the shim record its child's status.
+    ``shim_exit_timeout``: how long ``stop()`` lets the shim record its child's status;
+    ``helper_python``: interpreter of the exact-environment helper (default: the JRM's own).
     """
 
     def __init__(
@@ -408,7 +413,10 @@ class ProcessRuntime(Runtime):
     # ---------------------------------------------------------------------------------- start
 
     async def start(self, launch: ContainerLaunch) -> ContainerFacts:
-        """Spawn the container's shim; return facts right after the spawn. Raises RuntimeStartError."""
+        """Spawn the container's shim and return its facts. Raises RuntimeStartError.
+
+        The facts are those true when start() returns: a very short command may already have ended.
+        """
         key = launch.key
         self._loop = asyncio.get_running_loop()
         if key in self._starting:
@@ -567,7 +575,8 @@ class ProcessRuntime(Runtime):
             previous=previous,
         )
         try:
-            _write_atomic(cdir / PGID_FILE, f"{pid}\n")
+            # one small write, as the original JRM does (readers treat an empty file as "not yet")
+            (cdir / PGID_FILE).write_text(f"{pid}\n")
             meta.update(pid=pid, pgid=pid, started_at=started_at, start_ticks=run.start_ticks)
             _write_atomic(cdir / RUN_FILE, json.dumps(meta))
         except OSError as e:  # the run is started: report it, adopt() will find it by its marker
@@ -601,7 +610,7 @@ class ProcessRuntime(Runtime):
 
     def _unwatch(self, run: _Run) -> None:
         if run.pidfd is not None:
-            if self._loop is not None:
+            if self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(run.pidfd)
             os.close(run.pidfd)
             run.pidfd = None
