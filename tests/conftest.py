@@ -54,6 +54,27 @@ def kubeconfig(cluster: LocalCluster) -> Path:
     return cluster.kubeconfig
 
 
+@pytest.fixture()
+def client(kubeconfig: Path) -> Any:
+    """A lightkube client with the admin kubeconfig."""
+    from lightkube import Client, KubeConfig
+
+    return Client(KubeConfig.from_file(kubeconfig), field_manager="jiriaf-tests")
+
+
+@pytest.fixture()
+def ns(client: Any) -> Iterator[str]:
+    """A fresh namespace whose default ServiceAccount exists (so pods are admitted), deleted after."""
+    from lightkube.models.meta_v1 import ObjectMeta
+    from lightkube.resources.core_v1 import Namespace, ServiceAccount
+
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    client.create(Namespace(metadata=ObjectMeta(name=name)))
+    eventually(lambda: client.get(ServiceAccount, "default", namespace=name), what="default ServiceAccount")
+    yield name
+    client.delete(Namespace, name)
+
+
 class JRMProcess:
     """A ``jiriaf jrm run`` process started by a test, stopped by pid at the end."""
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from lightkube import Client, KubeConfig
+from lightkube import Client
 from lightkube.models.apps_v1 import DeploymentSpec
 from lightkube.models.core_v1 import (
     Container,
@@ -21,7 +19,7 @@ from lightkube.models.core_v1 import (
 )
 from lightkube.models.meta_v1 import LabelSelector, ObjectMeta
 from lightkube.resources.apps_v1 import Deployment, ReplicaSet
-from lightkube.resources.core_v1 import ConfigMap, Namespace, Node, Pod, ServiceAccount
+from lightkube.resources.core_v1 import ConfigMap, Namespace, Node, Pod
 from lightkube.resources.core_v1 import NodeStatus as NodeStatusResource
 from lightkube.types import PatchType
 
@@ -30,30 +28,15 @@ from support import eventually
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture()
-def client(kubeconfig: Path) -> Client:
-    return Client(KubeConfig.from_file(kubeconfig), field_manager="jiriaf-tests")
-
-
-@pytest.fixture()
-def namespace(client: Client) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    client.create(Namespace(metadata=ObjectMeta(name=name)))
-    # like any user, wait for the service-account controller to create the namespace's default account
-    eventually(lambda: client.get(ServiceAccount, "default", namespace=name), what="default ServiceAccount")
-    yield name
-    client.delete(Namespace, name)
-
-
-def test_namespace_and_configmap_are_stored(client: Client, namespace: str) -> None:
-    client.create(ConfigMap(metadata=ObjectMeta(name="cfg", namespace=namespace), data={"k": "v"}))
-    got = client.get(ConfigMap, "cfg", namespace=namespace)
+def test_namespace_and_configmap_are_stored(client: Client, ns: str) -> None:
+    client.create(ConfigMap(metadata=ObjectMeta(name="cfg", namespace=ns), data={"k": "v"}))
+    got = client.get(ConfigMap, "cfg", namespace=ns)
     assert got.data == {"k": "v"}
     assert got.metadata is not None and got.metadata.uid  # assigned by the real apiserver
-    assert client.get(Namespace, namespace).status.phase == "Active"
+    assert client.get(Namespace, ns).status.phase == "Active"
 
 
-def test_scheduler_binds_pod_to_registered_node(client: Client, namespace: str) -> None:
+def test_scheduler_binds_pod_to_registered_node(client: Client, ns: str) -> None:
     node_name = f"fake-{uuid.uuid4().hex[:6]}"
     client.create(
         Node(
@@ -70,7 +53,7 @@ def test_scheduler_binds_pod_to_registered_node(client: Client, namespace: str) 
         client.patch(NodeStatusResource, node_name, {"status": status.to_dict()}, patch_type=PatchType.MERGE)
         client.create(
             Pod(
-                metadata=ObjectMeta(name="p", namespace=namespace),
+                metadata=ObjectMeta(name="p", namespace=ns),
                 spec=PodSpec(
                     containers=[Container(name="c", image="none")],
                     nodeSelector={"jiriaf.test": "bind"},
@@ -79,7 +62,7 @@ def test_scheduler_binds_pod_to_registered_node(client: Client, namespace: str) 
             )
         )
         pod = eventually(
-            lambda: (p := client.get(Pod, "p", namespace=namespace)).spec.nodeName and p,
+            lambda: (p := client.get(Pod, "p", namespace=ns)).spec.nodeName and p,
             what="the scheduler to bind the pod",
         )
         assert pod.spec.nodeName == node_name
@@ -89,11 +72,11 @@ def test_scheduler_binds_pod_to_registered_node(client: Client, namespace: str) 
         client.delete(Node, node_name)
 
 
-def test_controller_manager_creates_replicaset_and_pods(client: Client, namespace: str) -> None:
+def test_controller_manager_creates_replicaset_and_pods(client: Client, ns: str) -> None:
     labels = {"app": "web"}
     client.create(
         Deployment(
-            metadata=ObjectMeta(name="web", namespace=namespace),
+            metadata=ObjectMeta(name="web", namespace=ns),
             spec=DeploymentSpec(
                 replicas=3,
                 selector=LabelSelector(matchLabels=labels),
@@ -104,10 +87,10 @@ def test_controller_manager_creates_replicaset_and_pods(client: Client, namespac
             ),
         )
     )
-    rs = eventually(lambda: list(client.list(ReplicaSet, namespace=namespace)), what="a ReplicaSet")
+    rs = eventually(lambda: list(client.list(ReplicaSet, namespace=ns)), what="a ReplicaSet")
     assert rs[0].metadata.ownerReferences[0].name == "web"
     pods = eventually(
-        lambda: (ps := list(client.list(Pod, namespace=namespace, labels=labels))) and len(ps) == 3 and ps,
+        lambda: (ps := list(client.list(Pod, namespace=ns, labels=labels))) and len(ps) == 3 and ps,
         what="three pods",
     )
     assert {p.metadata.ownerReferences[0].kind for p in pods} == {"ReplicaSet"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,10 +12,9 @@ from typing import Any
 import psutil
 import pytest
 import yaml
-from lightkube import Client, KubeConfig
+from lightkube import Client
 from lightkube.codecs import from_dict
-from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Event, Namespace, Node, Pod, ServiceAccount
+from lightkube.resources.core_v1 import Event, Node, Pod
 
 from jiriaf.devcluster.build import kubectl
 from support import eventually
@@ -24,20 +22,6 @@ from support import eventually
 pytestmark = pytest.mark.integration
 
 TOLERATION = {"key": "virtual-kubelet.io/provider", "value": "mock", "effect": "NoSchedule"}
-
-
-@pytest.fixture()
-def client(kubeconfig: Path) -> Client:
-    return Client(KubeConfig.from_file(kubeconfig), field_manager="jiriaf-tests")
-
-
-@pytest.fixture()
-def ns(client: Client) -> Iterator[str]:
-    name = f"j-{uuid.uuid4().hex[:8]}"
-    client.create(Namespace(metadata=ObjectMeta(name=name)))
-    eventually(lambda: client.get(ServiceAccount, "default", namespace=name), what="default ServiceAccount")
-    yield name
-    client.delete(Namespace, name)
 
 
 @pytest.fixture()
@@ -556,6 +540,7 @@ def test_every_volume_type(node: Any, client: Client, ns: str, tmp_path: Path) -
 def _hostile_cases(allowed: Path, outside: Path) -> list[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
     """Hostile volume specs. Some the apiserver itself refuses; the rest must be refused by the JRM."""
     m = [{"name": "v", "mountPath": "/m"}]
+
     def cm_items(path: str) -> dict[str, Any]:
         return {"name": "v", "configMap": {"name": "files", "items": [{"key": "a.txt", "path": path}]}}
 

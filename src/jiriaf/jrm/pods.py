@@ -266,15 +266,8 @@ class PodWorker:
         await _cancel(cs.probe_task)
         cs.probe_task = None
         cs.ready = False
-        code = facts.exit_code if facts.exit_code is not None else 137
-        term = status.TerminatedView(
-            exit_code=code,
-            started_at=facts.started_at,
-            finished_at=facts.finished_at or now,
-            signal=facts.signal,
-            container_id=status.container_id(facts.pgid) if facts.pgid else None,
-        )
-        cs.final = term
+        cs.final = _terminated_from_facts(facts, now)
+        code = cs.final.exit_code
         if status.should_restart(self.restart_policy, code, init=cs.init):
             delay = status.backoff_delay(cs.backoff_count)
             cs.backoff_until = now + delay
@@ -506,14 +499,7 @@ class PodWorker:
         if facts is not None:
             cs.facts = facts
             if not facts.running and facts.exit_code is not None:
-                cs.final = status.TerminatedView(
-                    exit_code=facts.exit_code,
-                    started_at=facts.started_at,
-                    finished_at=facts.finished_at,
-                    signal=facts.signal,
-                    reason=reason,
-                    container_id=status.container_id(facts.pgid) if facts.pgid else None,
-                )
+                cs.final = _terminated_from_facts(facts, time.time(), reason)
 
     async def _stop_all(self, grace: float) -> None:
         for cs in self.containers.values():
@@ -668,6 +654,21 @@ def _with(view: status.ContainerView, **changes: Any) -> status.ContainerView:
     from dataclasses import replace
 
     return replace(view, **changes)
+
+
+def _terminated_from_facts(
+    facts: ContainerFacts, now: float, reason: str | None = None
+) -> status.TerminatedView:
+    """The terminated state of a finished run (exit code 137 when nothing recorded it)."""
+    return status.TerminatedView(
+        exit_code=facts.exit_code if facts.exit_code is not None else 137,
+        started_at=facts.started_at,
+        finished_at=facts.finished_at or now,
+        signal=facts.signal,
+        reason=reason,
+        message=facts.message,
+        container_id=status.container_id(facts.pgid) if facts.pgid else None,
+    )
 
 
 def _terminated_from_api(t: Mapping[str, Any]) -> status.TerminatedView:
