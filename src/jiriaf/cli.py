@@ -12,6 +12,7 @@ from jiriaf import __version__
 from jiriaf.devcluster.commands import app as dev_app
 from jiriaf.errors import UserError
 from jiriaf.jrm.commands import app as jrm_app
+from jiriaf.pilots.commands import app as pilot_app
 from jiriaf.twin.commands import app as twin_app
 
 app = typer.Typer(
@@ -24,9 +25,6 @@ app = typer.Typer(
 
 jcs_app = typer.Typer(
     help="Central service (JCS): sites, requests, matching, control. [issue 6]", no_args_is_help=True
-)
-pilot_app = typer.Typer(
-    help="Pilots: launch JRMs through batch systems (SLURM via PSI/J). [issue 5]", no_args_is_help=True
 )
 
 app.add_typer(jrm_app, name="jrm")
@@ -44,12 +42,6 @@ def _not_yet(what: str) -> None:
 def jcs_serve() -> None:
     """Run the central service (not implemented yet)."""
     _not_yet("'jiriaf jcs serve'")
-
-
-@pilot_app.command("submit")
-def pilot_submit() -> None:
-    """Submit a pilot job (not implemented yet)."""
-    _not_yet("'jiriaf pilot submit'")
 
 
 def _version_callback(value: bool) -> None:

@@ -13,10 +13,12 @@ from typing import Any
 import httpx2
 
 from jiriaf.errors import UserError
+from jiriaf.jrm.exporter import Monitoring
 from jiriaf.jrm.node import NodeManager
 from jiriaf.jrm.pods import PodController
 from jiriaf.jrm.runtime.base import Runtime
 from jiriaf.jrm.settings import JRMSettings
+from jiriaf.jrm.stoprules import idle_watch
 from jiriaf.kube.events import EventRecorder
 from jiriaf.kube.raw import async_raw_client
 from jiriaf.kube.watching import Informer, cancel_and_wait
@@ -39,6 +41,7 @@ class Agent:
         self.pods: PodController | None = None
         self.informer: Informer | None = None
         self.server: Any = None
+        self.monitoring: Monitoring | None = None
 
     def request_stop(self, reason: str) -> None:
         """Ask the agent to drain and exit (signal handler, walltime, pilot cancel)."""
@@ -100,6 +103,12 @@ class Agent:
         try:
             pods.adopt_existing()
             await self._register(node)
+            monitoring = self.monitoring = Monitoring(
+                settings,
+                pods,
+                api_errors=lambda: node.api_errors,
+                relists=lambda: self.informer.stats.relists if self.informer else 0,
+            )
             self.server = await self._start_server(client, pods)
             informer = self.informer = Informer(
                 client,
@@ -112,7 +121,12 @@ class Agent:
                 asyncio.create_task(node.heartbeat_loop(), name="heartbeat"),
                 asyncio.create_task(informer.run(), name="pod-informer"),
                 asyncio.create_task(self._walltime(node, pods), name="walltime"),
+                asyncio.create_task(monitoring.run(), name="metrics-sampler"),
             ]
+            if settings.idle_timeout > 0:
+                tasks.append(
+                    asyncio.create_task(idle_watch(pods, settings.idle_timeout, self.request_stop), name="idle")
+                )
             await recorder.record(
                 node.node or {"metadata": {"name": settings.node_name}},
                 "Node",
@@ -140,7 +154,7 @@ class Agent:
     async def _start_server(self, client: httpx2.AsyncClient, pods: PodController) -> Any:
         from jiriaf.jrm.kubelet_api import start_kubelet_api
 
-        return await start_kubelet_api(self.settings, client, pods)
+        return await start_kubelet_api(self.settings, client, pods, monitoring=self.monitoring)
 
     async def _shutdown(
         self, node: NodeManager, pods: PodController, recorder: EventRecorder, tasks: list[asyncio.Task[Any]]

@@ -52,8 +52,21 @@ def run(
         str | None, typer.Option(help="Colon-separated hostPath prefixes [env JIRIAF_ALLOWED_HOST_PATHS].")
     ] = None,
     on_exit: Annotated[str | None, typer.Option(help="notready or delete [env JIRIAF_ON_EXIT].")] = None,
+    idle_timeout: Annotated[
+        float | None, typer.Option(help="Stop after this many idle seconds, 0 never [env JIRIAF_IDLE_TIMEOUT].")
+    ] = None,
     allow_anonymous: Annotated[
         bool | None, typer.Option(help="Allow anonymous kubelet API requests [env JIRIAF_ALLOW_ANONYMOUS].")
+    ] = None,
+    address_mode: Annotated[
+        str | None,
+        typer.Option(help="Pod addresses: shared (node address) or per-pod [env JIRIAF_ADDRESS_MODE]."),
+    ] = None,
+    pod_cidr: Annotated[
+        str | None, typer.Option(help="Range of per-pod addresses, e.g. 10.44.3.0/24 [env JIRIAF_POD_CIDR].")
+    ] = None,
+    metrics_interval: Annotated[
+        float | None, typer.Option(help="Seconds between resource samples [env JIRIAF_METRICS_INTERVAL].")
     ] = None,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
 ) -> None:
@@ -79,6 +92,9 @@ def run(
             allowed_host_paths=allowed_host_paths,
             on_exit=on_exit,
             allow_anonymous=allow_anonymous,
+            address_mode=address_mode,
+            pod_cidr=pod_cidr,
+            metrics_interval=metrics_interval,
         )
     )
     from jiriaf.jrm.agent import Agent

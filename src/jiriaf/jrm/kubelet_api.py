@@ -9,6 +9,7 @@ from typing import Any
 import httpx2
 
 from jiriaf.jrm.auth import Authenticator
+from jiriaf.jrm.exporter import Monitoring
 from jiriaf.jrm.pods import PodController
 from jiriaf.jrm.server import KubeletServer
 from jiriaf.jrm.settings import JRMSettings
@@ -59,9 +60,13 @@ def _pods(pods: PodController) -> list[dict[str, Any]]:
 
 
 async def start_kubelet_api(
-    settings: JRMSettings, client: httpx2.AsyncClient, pods: PodController
+    settings: JRMSettings,
+    client: httpx2.AsyncClient,
+    pods: PodController,
+    monitoring: Monitoring | None = None,
 ) -> KubeletServer:
-    """Start the HTTPS kubelet API on ``settings.kubelet_port`` with authentication."""
+    """Start the HTTPS kubelet API on ``settings.kubelet_port`` with authentication; with
+    ``monitoring``, also ``/metrics``, ``/metrics/resource`` and ``/stats/summary``."""
     if settings.tls_cert_file and settings.tls_private_key_file:
         cert, key = settings.tls_cert_file, settings.tls_private_key_file
     else:
@@ -76,5 +81,7 @@ async def start_kubelet_api(
         port=settings.kubelet_port,
         ssl_context=server_ssl_context(cert, key, client_ca),
     )
+    if monitoring is not None:
+        monitoring.add_routes(server)
     await server.start()
     return server

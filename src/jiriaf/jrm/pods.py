@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 import httpx2
 
 from jiriaf.jrm import environment, status, volumes
+from jiriaf.jrm.addresses import PodAddresses
 from jiriaf.jrm.environment import ContainerConfigError
 from jiriaf.jrm.probes import ProbeTiming, run_probe
 from jiriaf.jrm.runtime.base import ContainerFacts, ContainerKey, ContainerLaunch, Runtime, RuntimeStartError
@@ -180,12 +181,15 @@ class PodWorker:
         self._restore_from_api()
         try:
             while not self.finished:
+                began = time.monotonic()
                 try:
                     await self.sync()
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     log.exception("sync of pod %s/%s failed", self.namespace, self.name)
+                if self.c.sync_observer is not None:
+                    self.c.sync_observer(time.monotonic() - began)
                 if self.finished:
                     break
                 self.wake.clear()
@@ -268,6 +272,8 @@ class PodWorker:
         cs.ready = False
         cs.final = _terminated_from_facts(facts, now)
         code = cs.final.exit_code
+        if code != 0:
+            self.c.container_failures += 1
         if status.should_restart(self.restart_policy, code, init=cs.init):
             delay = status.backoff_delay(cs.backoff_count)
             cs.backoff_until = now + delay
@@ -361,6 +367,7 @@ class PodWorker:
             return
         restart = cs.facts is not None or cs.final is not None
         if restart:
+            self.c.container_restarts += 1
             cs.restart_count += 1
             if cs.final is not None:
                 cs.last_termination = cs.final
@@ -385,6 +392,7 @@ class PodWorker:
                 exit_code=128, started_at=now, finished_at=now, reason="StartError", message=str(exc)
             )
             cs.waiting_reason, cs.waiting_message = "RunContainerError", str(exc)
+            self.c.container_failures += 1
             await self._event("Warning", "Failed", f"Error: {exc}", cs.name)
             if status.should_restart(self.restart_policy, 128, init=cs.init):
                 cs.backoff_until = now + status.backoff_delay(cs.backoff_count)
@@ -407,9 +415,11 @@ class PodWorker:
             spec.get("livenessProbe"),
             spec.get("readinessProbe"),
         )
+        before = (cs.started, cs.ready)
         cs.started = startup is None
         cs.ready = readiness is None and cs.started
-        self.wake.set()
+        if (cs.started, cs.ready) != before:  # waking without a change made a busy loop (no probes)
+            self.wake.set()
         mounts = self.mounts.get(cs.name, {})
         cdir = volumes.container_directory(self.pod_dir, cs.name)
 
@@ -709,8 +719,18 @@ class PodController:
         self.adopted: dict[str, list[ContainerFacts]] = {}
         self.accepting = True
         self.containers_started = 0
+        self.container_failures = 0  # runs that ended with a non-zero code, and failed starts
+        self.container_restarts = 0
         self.status_patches = 0
         self.api_errors = 0
+        self.sync_observer: Callable[[float], None] | None = None  # gets each sync's duration
+        self.addresses = PodAddresses(
+            settings.address_mode,
+            settings.node_ip,
+            settings.pod_cidr,
+            state_dir=settings.pod_root,
+            node_name=settings.node_name,
+        )
 
     # environment every container gets before its own env (never the JRM's own environment)
     def base_env(self, pod: Mapping[str, Any]) -> dict[str, str]:
@@ -723,10 +743,14 @@ class PodController:
         for var in ("USER", "LOGNAME", "LANG", "LC_ALL", "TZ"):
             if var in os.environ:
                 env[var] = os.environ[var]
+        env["POD_IP"] = self.pod_ip(pod)
         return env
 
     def pod_ip(self, pod: Mapping[str, Any]) -> str:
-        return self.settings.node_ip
+        """The pod's address: the node's (shared mode) or its own (per-pod mode, see addresses.py)."""
+        if self.addresses.pool is None:
+            return self.settings.node_ip
+        return self.addresses.address_for(pod, live=self.workers.keys() | self.adopted.keys())
 
     def adopt_existing(self) -> None:
         """Learn the containers that survived a JRM restart (adopted, never restarted)."""

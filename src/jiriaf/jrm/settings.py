@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import psutil
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_TAINT = "virtual-kubelet.io/provider=mock:NoSchedule"
@@ -55,7 +55,8 @@ class JRMSettings(BaseSettings):
         description="Port of the kubelet HTTPS API (logs, metrics).",
     )
     kubelet_bind: str | None = Field(
-        default=None, description="Address the kubelet API listens on (default: the node address).",
+        default=None,
+        description="Address the kubelet API listens on (default: the node address).",
     )
     walltime: int = Field(
         default=0,
@@ -67,6 +68,11 @@ class JRMSettings(BaseSettings):
         default=30,
         ge=0,
         description="Seconds before the walltime ends when the node stops taking pods.",
+    )
+    idle_timeout: float = Field(
+        default=0.0,
+        ge=0,
+        description="Stop after this many seconds without active pods (0: never) [env JIRIAF_IDLE_TIMEOUT].",
     )
     nodetype: str = Field(default="cpu", validation_alias=AliasChoices("nodetype", "JIRIAF_NODETYPE"))
     site: str = Field(default="local", validation_alias=AliasChoices("site", "JIRIAF_SITE"))
@@ -92,6 +98,18 @@ class JRMSettings(BaseSettings):
     client_ca_file: Path | None = Field(default=None, description="CA of kubelet API clients.")
     tls_cert_file: Path | None = Field(default=None)
     tls_private_key_file: Path | None = Field(default=None)
+    address_mode: Literal["shared", "per-pod"] = Field(
+        default="shared",
+        description="Pod addresses: 'shared' (every pod gets the node address) or 'per-pod' (one "
+        "address per pod from pod_cidr).",
+    )
+    pod_cidr: str | None = Field(
+        default=None,
+        description="Range of per-pod addresses (default: a /16 in 127.0.0.0/8 derived from the node name).",
+    )
+    metrics_interval: float = Field(
+        default=5.0, gt=0, description="Seconds between samples of the containers' resource usage."
+    )
 
     @field_validator("node_name")
     @classmethod
@@ -118,6 +136,28 @@ class JRMSettings(BaseSettings):
                 "PreferNoSchedule or NoExecute"
             )
         return value
+
+    @field_validator("pod_cidr")
+    @classmethod
+    def _cidr(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from jiriaf.jrm.addresses import parse_cidr
+
+        return str(parse_cidr(value))
+
+    @model_validator(mode="after")
+    def _cidr_holds_pods(self) -> JRMSettings:
+        if self.address_mode == "per-pod":
+            from jiriaf.jrm.addresses import default_pod_cidr, parse_cidr, usable_count
+
+            network = parse_cidr(self.pod_cidr or default_pod_cidr(self.node_name))
+            if usable_count(network) < self.pods:
+                raise ValueError(
+                    f"pod_cidr {network} holds {usable_count(network)} addresses, fewer than the "
+                    f"pod capacity {self.pods}"
+                )
+        return self
 
     @property
     def pod_root(self) -> Path:
