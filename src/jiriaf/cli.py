@@ -12,6 +12,7 @@ from jiriaf import __version__
 from jiriaf.devcluster.commands import app as dev_app
 from jiriaf.errors import UserError
 from jiriaf.jrm.commands import app as jrm_app
+from jiriaf.monitor.commands import app as monitor_app
 from jiriaf.pilots.commands import app as pilot_app
 from jiriaf.twin.commands import app as twin_app
 
@@ -32,6 +33,7 @@ app.add_typer(jcs_app, name="jcs")
 app.add_typer(pilot_app, name="pilot")
 app.add_typer(twin_app, name="twin")
 app.add_typer(dev_app, name="dev")
+app.add_typer(monitor_app, name="monitor")
 
 
 def _not_yet(what: str) -> None:

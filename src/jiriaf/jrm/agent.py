@@ -125,7 +125,9 @@ class Agent:
             ]
             if settings.idle_timeout > 0:
                 tasks.append(
-                    asyncio.create_task(idle_watch(pods, settings.idle_timeout, self.request_stop), name="idle")
+                    asyncio.create_task(
+                        idle_watch(pods, settings.idle_timeout, self.request_stop), name="idle"
+                    )
                 )
             await recorder.record(
                 node.node or {"metadata": {"name": settings.node_name}},

@@ -53,7 +53,8 @@ def run(
     ] = None,
     on_exit: Annotated[str | None, typer.Option(help="notready or delete [env JIRIAF_ON_EXIT].")] = None,
     idle_timeout: Annotated[
-        float | None, typer.Option(help="Stop after this many idle seconds, 0 never [env JIRIAF_IDLE_TIMEOUT].")
+        float | None,
+        typer.Option(help="Stop after this many idle seconds, 0 never [env JIRIAF_IDLE_TIMEOUT]."),
     ] = None,
     allow_anonymous: Annotated[
         bool | None, typer.Option(help="Allow anonymous kubelet API requests [env JIRIAF_ALLOW_ANONYMOUS].")

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, ge
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from jiriaf import __version__
+from jiriaf.jrm.environment import parse_quantity
 from jiriaf.jrm.metrics import ContainerRef, ContainerUsage, ProcessReading, Sample, Sampler
 from jiriaf.jrm.runtime.processes import container_marker
 
@@ -435,6 +436,9 @@ class Monitoring:
         )
         self.process = ProcessCollector(namespace="", registry=None)
         pods.sync_observer = self.reconcile.observe
+        self.memory_capacity: int | None = None
+        with contextlib.suppress(ValueError):
+            self.memory_capacity = int(parse_quantity(settings.memory))
 
     # ------------------------------------------------------------------------------- sampling
     async def refresh(self) -> Sample:
@@ -514,25 +518,13 @@ class Monitoring:
 
     async def _summary(self, request: web.Request) -> web.StreamResponse:
         sample = await self.current()
-        ctx = await asyncio.to_thread(self.summary_context_blocking, self.summary_inputs())
-        return web.json_response(stats_summary(sample, ctx))
-
-    def summary_inputs(self) -> tuple[str, str, dict[str, float], str]:
         starts = {uid: w.start_time for uid, w in list(self.pods.workers.items()) if w.start_time}
-        return (self.settings.node_name, self.settings.memory, starts, str(self.settings.pod_root))
-
-    @staticmethod
-    def summary_context_blocking(inputs: tuple[str, str, dict[str, float], str]) -> SummaryContext:
-        from jiriaf.jrm.environment import parse_quantity
-
-        node_name, memory, starts, root = inputs
-        capacity: int | None = None
-        with contextlib.suppress(ValueError):
-            capacity = int(parse_quantity(memory))
-        return SummaryContext(
-            node_name=node_name,
-            memory_capacity=capacity,
+        fs, rlimit = await asyncio.to_thread(lambda: (_filesystem(str(self.settings.pod_root)), _rlimit()))
+        ctx = SummaryContext(
+            node_name=self.settings.node_name,
+            memory_capacity=self.memory_capacity,
             pod_start_times=starts,
-            fs=_filesystem(root),
-            rlimit=_rlimit(),
+            fs=fs,
+            rlimit=rlimit,
         )
+        return web.json_response(stats_summary(sample, ctx))

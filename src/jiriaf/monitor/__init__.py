@@ -1,0 +1,1 @@
+"""Monitoring: Prometheus scrape configuration for JRMs and pods, and a local Prometheus."""
