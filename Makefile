@@ -8,7 +8,7 @@ install:
 	$(PYTHON) -m pip install -q -e '.[dev]'
 
 demo: install
-	jiriaf demo --duration $${DEMO_DURATION:-20}
+	jiriaf demo --duration $${DEMO_DURATION:-180}
 
 lint:
 	ruff check src tests bench

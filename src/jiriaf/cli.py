@@ -11,6 +11,7 @@ from rich.console import Console
 from jiriaf import __version__
 from jiriaf.devcluster.commands import app as dev_app
 from jiriaf.errors import UserError
+from jiriaf.jcs.commands import jcs_app, request_app, site_app
 from jiriaf.jrm.commands import app as jrm_app
 from jiriaf.monitor.commands import app as monitor_app
 from jiriaf.pilots.commands import app as pilot_app
@@ -24,26 +25,14 @@ app = typer.Typer(
     add_completion=False,
 )
 
-jcs_app = typer.Typer(
-    help="Central service (JCS): sites, requests, matching, control. [issue 6]", no_args_is_help=True
-)
-
 app.add_typer(jrm_app, name="jrm")
 app.add_typer(jcs_app, name="jcs")
+app.add_typer(request_app, name="request")
+app.add_typer(site_app, name="site")
 app.add_typer(pilot_app, name="pilot")
 app.add_typer(twin_app, name="twin")
 app.add_typer(dev_app, name="dev")
 app.add_typer(monitor_app, name="monitor")
-
-
-def _not_yet(what: str) -> None:
-    raise UserError(f"{what} is not implemented in this version of jiriaf")
-
-
-@jcs_app.command("serve")
-def jcs_serve() -> None:
-    """Run the central service (not implemented yet)."""
-    _not_yet("'jiriaf jcs serve'")
 
 
 def _version_callback(value: bool) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
+from itertools import pairwise
 from pathlib import Path
 
 
@@ -40,7 +41,7 @@ class Switch:
 def switches(samples: Sequence[Sample]) -> list[Switch]:
     """Every step where the threads in effect changed."""
     out = []
-    for prev, cur in zip(samples, samples[1:], strict=False):
+    for prev, cur in pairwise(samples):
         if cur.threads != prev.threads:
             out.append(Switch(cur.t, prev.threads, cur.threads, cur.rate))
     return out

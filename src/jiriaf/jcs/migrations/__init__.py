@@ -1,0 +1,1 @@
+"""Alembic migrations of the central service's database (applied by ``Database.upgrade``)."""
