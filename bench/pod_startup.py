@@ -36,8 +36,10 @@ from jiriaf.kube.patching import MERGE, ApiError, create, delete, patch
 from jiriaf.kube.raw import async_raw_client
 
 console = Console()
-TOLERATIONS = [{"key": "virtual-kubelet.io/provider", "operator": "Exists", "effect": "NoSchedule"},
-               {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]
+TOLERATIONS = [
+    {"key": "virtual-kubelet.io/provider", "operator": "Exists", "effect": "NoSchedule"},
+    {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"},
+]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -57,7 +59,8 @@ async def wait_node_ready(client: Any, name: str, timeout: float = 120) -> None:
             conds = resp.json().get("status", {}).get("conditions") or []
             taints = resp.json().get("spec", {}).get("taints") or []
             if any(c["type"] == "Ready" and c["status"] == "True" for c in conds) and not any(
-                    t["key"].startswith("node.kubernetes.io/") for t in taints):
+                t["key"].startswith("node.kubernetes.io/") for t in taints
+            ):
                 return
         await asyncio.sleep(0.5)
     raise RuntimeError(f"node {name} not ready after {timeout}s")
@@ -66,8 +69,9 @@ async def wait_node_ready(client: Any, name: str, timeout: float = 120) -> None:
 async def burst(client: Any, node: str, count: int) -> tuple[list[float], float]:
     """Create ``count`` pods for ``node``; return their create->Running latencies and the pods/s."""
     ns = f"bench-{node[:20]}-{count}-{uuid.uuid4().hex[:4]}"
-    await create(client, "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                                "metadata": {"name": ns}})
+    await create(
+        client, "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+    )
     # the service-account controller must create the default account before pods are admitted
     for _ in range(200):
         if (await client.get(f"/api/v1/namespaces/{ns}/serviceaccounts/default")).status_code == 200:
@@ -79,8 +83,7 @@ async def burst(client: Any, node: str, count: int) -> tuple[list[float], float]
 
     async def watch() -> None:
         params = {"watch": "1", "timeoutSeconds": "600"}
-        async with client.stream("GET", f"/api/v1/namespaces/{ns}/pods", params=params,
-                                 timeout=None) as resp:
+        async with client.stream("GET", f"/api/v1/namespaces/{ns}/pods", params=params, timeout=None) as resp:
             async for line in resp.aiter_lines():
                 if not line:
                     continue
@@ -98,11 +101,24 @@ async def burst(client: Any, node: str, count: int) -> tuple[list[float], float]
 
     async def make(i: int) -> None:
         name = f"p{i}"
-        body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
-                "spec": {"nodeSelector": {"kubernetes.io/hostname": node}, "tolerations": TOLERATIONS,
-                         "terminationGracePeriodSeconds": 1,
-                         "containers": [{"name": "c", "image": "sleep", "command": ["sleep", "3600"],
-                                         "resources": {"requests": {"cpu": "1m", "memory": "1Mi"}}}]}}
+        body = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "nodeSelector": {"kubernetes.io/hostname": node},
+                "tolerations": TOLERATIONS,
+                "terminationGracePeriodSeconds": 1,
+                "containers": [
+                    {
+                        "name": "c",
+                        "image": "sleep",
+                        "command": ["sleep", "3600"],
+                        "resources": {"requests": {"cpu": "1m", "memory": "1Mi"}},
+                    }
+                ],
+            },
+        }
         async with sem:
             await create(client, f"/api/v1/namespaces/{ns}/pods", body)
             created[name] = time.monotonic()
@@ -140,8 +156,16 @@ async def run(kubeconfig: Path, jrm_node: str, kwok_node: str, bursts: list[int]
             for target, node in (("kwok", kwok_node), ("jrm", jrm_node)):
                 console.print(f"[cyan]•[/cyan] burst of {n} pods on {target}")
                 lat, rate = await burst(client, node, n)
-                rows.append({"target": target, "pods": n, "p50": percentile(lat, 0.5),
-                             "p99": percentile(lat, 0.99), "mean": statistics.fmean(lat), "rate": rate})
+                rows.append(
+                    {
+                        "target": target,
+                        "pods": n,
+                        "p50": percentile(lat, 0.5),
+                        "p99": percentile(lat, 0.99),
+                        "mean": statistics.fmean(lat),
+                        "rate": rate,
+                    }
+                )
                 await wait_namespaces_gone(client)
     finally:
         await client.aclose()
@@ -149,12 +173,20 @@ async def run(kubeconfig: Path, jrm_node: str, kwok_node: str, bursts: list[int]
 
 
 def kwok_node_body(name: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"},
-                         "labels": {"type": "kwok", "kubernetes.io/hostname": name}},
-            "spec": {"taints": [{"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]},
-            "status": {"allocatable": {"cpu": "64", "memory": "256Gi", "pods": "1000"},
-                       "capacity": {"cpu": "64", "memory": "256Gi", "pods": "1000"}}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake"},
+            "labels": {"type": "kwok", "kubernetes.io/hostname": name},
+        },
+        "spec": {"taints": [{"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]},
+        "status": {
+            "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "1000"},
+            "capacity": {"cpu": "64", "memory": "256Gi", "pods": "1000"},
+        },
+    }
 
 
 async def register_kwok_node(kubeconfig: Path, name: str) -> None:
@@ -168,7 +200,9 @@ async def register_kwok_node(kubeconfig: Path, name: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--bursts", default="10,100,500")
     parser.add_argument("--pods-capacity", type=int, default=600)
     args = parser.parse_args()
@@ -178,18 +212,41 @@ def main() -> None:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         kubeconfig = cluster.up()
-        kwok_bin = build.ensure_built(["kwok"], progress=lambda m: console.print(f"[cyan]•[/cyan] {m}"))["kwok"]
+        kwok_bin = build.ensure_built(["kwok"], progress=lambda m: console.print(f"[cyan]•[/cyan] {m}"))[
+            "kwok"
+        ]
         jrm_node, kwok_node = "bench-jrm", "bench-kwok"
         asyncio.run(register_kwok_node(kubeconfig, kwok_node))
-        procs.append(subprocess.Popen(
-            [str(kwok_bin), f"--kubeconfig={kubeconfig}", "--manage-all-nodes=false",
-             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake", "--node-ip=127.0.0.1",
-             f"--server-address=127.0.0.1:{free_port()}"],
-            stdout=(tmp / "kwok.log").open("wb"), stderr=subprocess.STDOUT))
-        env = {**os.environ, "NODENAME": jrm_node, "KUBECONFIG": str(kubeconfig), "KUBELET_PORT": str(free_port()),
-               "JIRIAF_WORKDIR": str(tmp / "jrm"), "JIRIAF_PODS": str(args.pods_capacity)}
-        procs.append(subprocess.Popen([sys.executable, "-m", "jiriaf.cli", "jrm", "run", "--log-level", "WARNING"],
-                                      env=env, stdout=(tmp / "jrm.log").open("wb"), stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(kwok_bin),
+                    f"--kubeconfig={kubeconfig}",
+                    "--manage-all-nodes=false",
+                    "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                    "--node-ip=127.0.0.1",
+                    f"--server-address=127.0.0.1:{free_port()}",
+                ],
+                stdout=(tmp / "kwok.log").open("wb"),
+                stderr=subprocess.STDOUT,
+            )
+        )
+        env = {
+            **os.environ,
+            "NODENAME": jrm_node,
+            "KUBECONFIG": str(kubeconfig),
+            "KUBELET_PORT": str(free_port()),
+            "JIRIAF_WORKDIR": str(tmp / "jrm"),
+            "JIRIAF_PODS": str(args.pods_capacity),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "jiriaf.cli", "jrm", "run", "--log-level", "WARNING"],
+                env=env,
+                stdout=(tmp / "jrm.log").open("wb"),
+                stderr=subprocess.STDOUT,
+            )
+        )
         rows = asyncio.run(run(kubeconfig, jrm_node, kwok_node, bursts))
     finally:
         for proc in reversed(procs):
@@ -207,7 +264,9 @@ def main() -> None:
         j = next(r for r in rows if r["pods"] == n and r["target"] == "jrm")
         for r in (k, j):
             ratio = (f"{j['p50'] / k['p50']:.2f}", f"{j['rate'] / k['rate']:.2f}") if r is j else ("", "")
-            table.add_row(str(n), r["target"], f"{r['p50']:.3f}", f"{r['p99']:.3f}", f"{r['rate']:.1f}", *ratio)
+            table.add_row(
+                str(n), r["target"], f"{r['p50']:.3f}", f"{r['p99']:.3f}", f"{r['rate']:.1f}", *ratio
+            )
     console.print(table)
     console.print(f"logs: {tmp}")
 

@@ -158,19 +158,19 @@ class DemoView:
         nodes = Table(title="JRM nodes", expand=True)
         for col in ("node", "ready", "walltime left", "pods"):
             nodes.add_column(col)
-        for name, ready, left, pods in self.nodes:
-            nodes.add_row(name, ready, left, str(pods))
-        pods = Table(title="pods", expand=True)
+        for name, ready, left, count in self.nodes:
+            nodes.add_row(name, ready, left, str(count))
+        pod_table = Table(title="pods", expand=True)
         for col in ("pod", "phase", "node"):
-            pods.add_column(col)
-        for row in self.pods:
-            pods.add_row(*row)
+            pod_table.add_column(col)
+        for pod_row in self.pods:
+            pod_table.add_row(*pod_row)
         steps = Table(title="stream and digital twin (latest steps)", expand=True)
         for col in ("t s", "rate set", "processed/s", "queue", "threads", "P(high)", "twin", "action"):
             steps.add_column(col, justify="right")
         for row in self.rows[-12:]:
             steps.add_row(*row)
-        return Group(f"[bold]jiriaf demo[/bold] — {self.status}", nodes, pods, steps)
+        return Group(f"[bold]jiriaf demo[/bold] — {self.status}", nodes, pod_table, steps)
 
 
 class Demo:

@@ -26,7 +26,7 @@ def _run() -> list[Sample]:
             nodes_ready=2,
             pods_running=2,
         )
-        for i, (th, r) in enumerate(zip(threads, rates))
+        for i, (th, r) in enumerate(zip(threads, rates, strict=True))
     ]
 
 
