@@ -15,7 +15,6 @@ twin decisions, events and the pilots serving them to their owner only; everythi
 # endpoint closures below, whose dependencies are local variables.
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -42,9 +41,10 @@ from jiriaf.dashboard.views import (
     node_views,
 )
 from jiriaf.jcs import trail
+from jiriaf.jcs.api import pilot_view
 from jiriaf.jcs.auth import Principal, authenticate
 from jiriaf.jcs.db import Database
-from jiriaf.jcs.leases import LIVE_PILOT_STATES, remaining_s
+from jiriaf.jcs.leases import LIVE_PILOT_STATES
 from jiriaf.jcs.models import (
     FINAL_REQUEST_STATES,
     Event,
@@ -56,7 +56,7 @@ from jiriaf.jcs.models import (
     WorkflowStatus,
     utcnow,
 )
-from jiriaf.jcs.schemas import EventView, PilotView, SiteView, StatusView
+from jiriaf.jcs.schemas import EventView, SiteView, StatusView
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_WORKFLOWS = 100  # unfinished first, then the most recently filed
@@ -256,25 +256,6 @@ def workflow_view(
         deployments=deployments,
         series=metric_series(samples),
         twin=twin_view(twin_events),
-    )
-
-
-def pilot_view(p: Pilot, leased_to: int | None, now: datetime) -> PilotView:
-    """A pilot as the JCS API's ``GET /pilots`` shows it."""
-    return PilotView(
-        id=p.id,
-        site=p.site,
-        partition=p.partition,
-        node_type=p.node_type,
-        nodes=p.nodes,
-        state=p.state,
-        native_id=p.native_id,
-        node_names=[str(n) for n in p.node_names],
-        walltime_s=p.walltime_s,
-        expires_at=p.expires_at,
-        remaining_s=remaining_s(p, now),
-        leased_to=leased_to,
-        last_error=p.last_error,
     )
 
 
