@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import json
 import os
 import secrets
 import shutil
@@ -23,12 +22,12 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-from jiriaf.devcluster.cluster import ProcessRecord, free_port
+from jiriaf.devcluster.cluster import ClusterState, ProcessRecord, free_port
 from jiriaf.errors import UserError
 
 ProgressFn = Callable[[str], None]
@@ -134,31 +133,8 @@ def render_slurm_conf(cfg: SlurmConfig) -> str:
     return text
 
 
-@dataclass
-class SlurmState:
-    """What ``state.json`` holds: ports and the daemons started."""
-
-    ports: dict[str, int] = field(default_factory=dict)
-    processes: dict[str, ProcessRecord] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, path: Path) -> SlurmState:
-        if not path.exists():
-            return cls()
-        try:
-            raw = json.loads(path.read_text())
-            return cls(
-                ports={k: int(v) for k, v in raw.get("ports", {}).items()},
-                processes={k: ProcessRecord(**v) for k, v in raw.get("processes", {}).items()},
-            )
-        except (ValueError, TypeError, KeyError) as exc:
-            raise UserError(f"SLURM state file {path} is damaged ({exc}); remove it and start again") from exc
-
-    def save(self, path: Path) -> None:
-        data = {"ports": self.ports, "processes": {k: vars(v) for k, v in self.processes.items()}}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        tmp.replace(path)
+# the daemons' record has the same shape as the control plane's: ports and processes by pid
+SlurmState = ClusterState
 
 
 class LocalSlurm:
