@@ -108,7 +108,7 @@ def live_cmd(
     ] = "simulator",
     prometheus_url: Annotated[str, typer.Option(help="Prometheus base URL.")] = "http://127.0.0.1:9090",
     query: Annotated[str, typer.Option(help="PromQL instant query giving the queue length (one series).")] = (
-        "sum(jiriaf_receiver_queue_length)"
+        "sum(jiriaf_stream_queue_length)"
     ),
     steps: Annotated[int, typer.Option(min=1, help="Number of measure/estimate/act cycles.")] = 32,
     interval: Annotated[
