@@ -87,16 +87,19 @@ class Processes:
         self.procs.append((name, proc))
 
     def stop(self) -> None:
+        # each child leads its own session: signal the whole group, so grandchildren (Prometheus under
+        # 'jiriaf monitor prometheus-run') end with it
         for _, proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
         for _, proc in reversed(self.procs):
             try:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                pass
+            with contextlib.suppress(ProcessLookupError):  # whatever of the group is left
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def _stream_manifests() -> list[dict[str, Any]]:
