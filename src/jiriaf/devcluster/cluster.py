@@ -24,6 +24,7 @@ from pathlib import Path
 
 import psutil
 
+from jiriaf.datadirs import data_directory
 from jiriaf.devcluster import build, pki
 from jiriaf.devcluster.kubeconfig import write_kubeconfig
 from jiriaf.errors import UserError
@@ -38,11 +39,7 @@ READY_TIMEOUT = 180.0
 
 def default_directory() -> Path:
     """``$JIRIAF_DEVCLUSTER_DIR`` or ``$XDG_DATA_HOME/jiriaf/devcluster``."""
-    explicit = os.environ.get("JIRIAF_DEVCLUSTER_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "jiriaf" / "devcluster"
+    return data_directory("JIRIAF_DEVCLUSTER_DIR", "devcluster")
 
 
 def free_port() -> int:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import psutil
 
+from jiriaf.datadirs import data_directory
 from jiriaf.devcluster.cluster import ClusterState, ProcessRecord, free_port
 from jiriaf.errors import UserError
 
@@ -41,11 +42,7 @@ READY_TIMEOUT = 60.0
 
 def default_directory() -> Path:
     """``$JIRIAF_SLURM_DIR`` or ``$XDG_DATA_HOME/jiriaf/slurm``."""
-    explicit = os.environ.get("JIRIAF_SLURM_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "jiriaf" / "slurm"
+    return data_directory("JIRIAF_SLURM_DIR", "slurm")
 
 
 def find_daemon(name: str) -> str | None:

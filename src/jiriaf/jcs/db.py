@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from jiriaf.datadirs import data_directory
 from jiriaf.errors import UserError
 
 DB_ENV = "JIRIAF_JCS_DB"
@@ -26,11 +27,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 def data_dir() -> Path:
     """``$JIRIAF_DATA_DIR`` or ``$XDG_DATA_HOME/jiriaf`` (default ``~/.local/share/jiriaf``)."""
-    explicit = os.environ.get("JIRIAF_DATA_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "jiriaf"
+    return data_directory("JIRIAF_DATA_DIR")
 
 
 def default_url() -> str:

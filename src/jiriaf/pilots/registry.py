@@ -22,6 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from jiriaf.datadirs import data_directory
 from jiriaf.errors import UserError
 
 PilotState = Literal["intent", "queued", "active", "cancelling", "completed", "failed", "canceled"]
@@ -30,11 +31,7 @@ FINAL_STATES = ("completed", "failed", "canceled")
 
 def default_root() -> Path:
     """``$JIRIAF_PILOT_DIR`` or ``$XDG_DATA_HOME/jiriaf/pilots``."""
-    explicit = os.environ.get("JIRIAF_PILOT_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "jiriaf" / "pilots"
+    return data_directory("JIRIAF_PILOT_DIR", "pilots")
 
 
 class PilotEvent(BaseModel):
