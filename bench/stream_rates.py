@@ -1,6 +1,7 @@
 """Service rate of the stream receiver against its thread count, with the ratio to 16 threads.
 
-    python bench/stream_rates.py [--threads 8,16,24,32,48] [--seconds 5] [--own-ms 91.5 --shared-ms 4.5]
+    python bench/stream_rates.py [--threads 8,16,24,32,48] [--seconds 5]
+                                 [--own-ms 48 --contention-ms 3] [--fixed]
 
 For each thread count, a receiver process (``python -m jiriaf.workloads.stream.receiver``) starts
 paused, a sender process fills its FIFO over TCP with about ``--seconds`` worth of events, and the
@@ -76,7 +77,8 @@ def measure(threads: int, cost: ServiceCost, seconds: float, logs: Path) -> tupl
             sys.executable, "-m", "jiriaf.workloads.stream.receiver",
             "--host", "127.0.0.1", "--port", str(port), "--http-port", str(http_port),
             "--threads", str(threads),
-            "--own-ms", f"{cost.own * 1000:g}", "--shared-ms", f"{cost.shared * 1000:g}",
+            "--own-ms", f"{cost.own * 1000:g}", "--contention-ms", f"{cost.contention * 1000:g}",
+            *([] if cost.random else ["--fixed-service-times"]),
             "--paused", "--log-level", "WARNING",
         ],
         stdout=(logs / f"receiver-{threads}.log").open("wb"),
@@ -115,10 +117,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--threads", default="8,16,24,32,48", help="thread counts (16 is always measured)")
     ap.add_argument("--seconds", type=float, default=5.0, help="seconds of backlog per measurement")
-    ap.add_argument("--own-ms", type=float, default=PAPER_COST.own * 1000, help="parallel cost per event")
+    ap.add_argument("--own-ms", type=float, default=PAPER_COST.own * 1000, help="own cost per event")
     ap.add_argument(
-        "--shared-ms", type=float, default=PAPER_COST.shared * 1000, help="shared-stage cost per event"
+        "--contention-ms", type=float, default=PAPER_COST.contention * 1000, help="cost per event per thread"
     )
+    ap.add_argument("--fixed", action="store_true", help="fixed service times (default: exponential)")
     args = ap.parse_args()
     try:
         counts = sorted({16, *(int(t) for t in args.threads.split(","))})
@@ -126,7 +129,9 @@ def main() -> None:
         raise SystemExit("error: --threads is a comma-separated list of integers") from None
     if not all(1 <= t <= 256 for t in counts) or not 0.5 <= args.seconds <= 60:
         raise SystemExit("error: threads must be 1-256 and seconds 0.5-60")
-    cost = ServiceCost(own=args.own_ms / 1000, shared=args.shared_ms / 1000)
+    if args.own_ms < 0 or args.contention_ms < 0 or args.own_ms + args.contention_ms <= 0:
+        raise SystemExit("error: costs must be non-negative with a positive sum")
+    cost = ServiceCost(own=args.own_ms / 1000, contention=args.contention_ms / 1000, random=not args.fixed)
     rows: list[tuple[int, float, float, int]] = []
     with TemporaryDirectory(prefix="jiriaf-bench-stream-") as tmp:
         for threads in counts:
@@ -135,7 +140,8 @@ def main() -> None:
             print(f"[bench] {threads} threads: {rate:.1f} Hz over a backlog of {backlog}", flush=True)
     base = next(r for r in rows if r[0] == 16)
     print()
-    print(f"per-event cost: {cost.own * 1000:g} ms per worker + {cost.shared * 1000:g} ms shared")
+    kind = "exponential" if cost.random else "fixed"
+    print(f"per-event cost: {kind}, mean {cost.own * 1000:g} ms + {cost.contention * 1000:g} ms per thread")
     header = ("threads", "measured Hz", "model Hz", "meas/model", "ratio to 16", "model ratio")
     print("  ".join(f"{h:>11}" if i else f"{h:>7}" for i, h in enumerate(header)))
     for threads, rate, model, _ in rows:

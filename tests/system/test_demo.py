@@ -14,7 +14,7 @@ import pytest
 pytestmark = pytest.mark.system
 
 
-def test_demo_runs_to_the_end_switches_to_32_under_load_and_ends_at_16(tmp_path: Path) -> None:
+def test_demo_runs_to_the_end_switches_to_32_under_load_and_back_after_it_falls(tmp_path: Path) -> None:
     env = {**os.environ, "JIRIAF_DEMO_DIR": str(tmp_path / "demo")}
     res = subprocess.run(
         [sys.executable, "-m", "jiriaf.cli", "demo", "--duration", "110"],
@@ -31,9 +31,11 @@ def test_demo_runs_to_the_end_switches_to_32_under_load_and_ends_at_16(tmp_path:
     report = Path(found.group(1)).read_text()
     counts = dict(re.findall(r"\| (switches_to_\d+) \| (\d+) \|", report))
     assert int(counts["switches_to_32"]) >= 1 and int(counts["switches_to_16"]) >= 1, report
-    # a switch to 32 happens while the rate is high; once the rate has fallen the receiver runs 16 threads
+    # the must-show: a switch to 32 while the rate is high, then one back to 16 after it has fallen
     rows = re.findall(r"\| (\d+) \| (16|32) \| (16|32) \| (\d+) \|", report)
-    assert any(b == "16" and a == "32" and r == "166" for _, b, a, r in rows), report
+    ups = [i for i, (_, b, a, r) in enumerate(rows) if (b, a, r) == ("16", "32", "166")]
+    assert ups, report
+    assert any(b == "32" and a == "16" and r == "100" for _, b, a, r in rows[ups[0] + 1 :]), report
     timeline = (Path(found.group(1)).parent / "timeline.csv").read_text().splitlines()
     last = dict(zip(timeline[0].split(","), timeline[-1].split(","), strict=True))
     assert float(last["rate"]) == 100.0 and int(last["threads"]) == 16, timeline[-5:]

@@ -554,15 +554,19 @@ class Demo:
         from jiriaf.twin.digital_twin import DigitalTwin
         from jiriaf.twin.live import queueing_model
         from jiriaf.twin.policy import make_policy
+        from jiriaf.twin.stabilize import Stabilizer
 
-        # the queue is measured as a time average (Little's law), precise down to ~1e-3 events, so the
-        # observation floor sits there: with 32 threads the load states differ only at that scale
+        # the receiver is an M/M/c queue (exponential service times), the twin's own model; the queue
+        # is measured as a time average (Little's law), precise down to ~1e-3 events, so the
+        # observation floor sits there: with 32 threads, 100 and 130 Hz differ only below 1e-2
         model = queueing_model(levels=(100.0, 130.0, 150.0, 162.0, 166.0), lq_floor=1e-3)
         twin = DigitalTwin(model, make_policy("threshold", model))
         steps = max(4, int(self.duration // self.step))
         schedule = rate_schedule(steps)
         threads = 16
-        last_rec = threads
+        # as the HPA does: more threads after 2 consecutive recommendations, fewer only after 3 (one
+        # quiet interval with 32 threads under high load must not remove capacity)
+        gate = Stabilizer(up=2, down=3)
         samples: list[Sample] = []
         processed_prev: float | None = None
         first_wait: tuple[float, float] | None = None
@@ -608,11 +612,7 @@ class Demo:
                     est = twin.observe(lq, threads)
                     rec = est.recommended_threads
                     action = ""
-                    # a switch is applied when two consecutive steps recommend it (hysteresis against
-                    # a single noisy interval)
-                    confirmed = rec != threads and rec == last_rec
-                    last_rec = rec
-                    if confirmed:
+                    if gate.offer(rec, threads):
                         ok = await self._action(
                             api,
                             req_id,

@@ -140,6 +140,12 @@ def live_cmd(
     model: Annotated[Path | None, typer.Option(help="Twin model JSON (from 'jiriaf twin fit').")] = None,
     policy: Annotated[str, typer.Option(help="threshold or planner (value iteration).")] = "threshold",
     initial_threads: Annotated[int, typer.Option(help="Thread count in force at the start.")] = 16,
+    up_after: Annotated[
+        int, typer.Option(min=1, help="Apply more threads after this many consecutive recommendations.")
+    ] = 1,
+    down_after: Annotated[
+        int, typer.Option(min=1, help="Apply fewer threads after this many consecutive recommendations.")
+    ] = 1,
     sim_rates: Annotated[
         str, typer.Option(help="Simulator sender-rate schedule, RATExSTEPS segments, e.g. 100x8,166x12.")
     ] = "100x8,166x12,100x12",
@@ -156,6 +162,7 @@ def live_cmd(
     from jiriaf.twin.digital_twin import DigitalTwin
     from jiriaf.twin.model import load_model, save_model
     from jiriaf.twin.policy import make_policy
+    from jiriaf.twin.stabilize import Stabilizer
 
     if source not in ("simulator", "prometheus"):
         raise UserError(f"unknown source {source!r} (simulator or prometheus)")
@@ -213,7 +220,14 @@ def live_cmd(
             if current is not None and current in twin_model.controls:
                 start = current
         return await lv.run_live(
-            twin, src, steps=steps, interval=wait, initial_threads=start, actuator=actuator, emit=emit
+            twin,
+            src,
+            steps=steps,
+            interval=wait,
+            initial_threads=start,
+            actuator=actuator,
+            emit=emit,
+            stabilizer=Stabilizer(up=up_after, down=down_after),
         )
 
     try:

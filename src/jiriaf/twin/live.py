@@ -29,6 +29,7 @@ from jiriaf.twin.digital_twin import DigitalTwin, StepEstimate
 from jiriaf.twin.model import TwinModel, banded_transition
 from jiriaf.twin.queueing import mm1_lq, mmc_lq, receiver_rate
 from jiriaf.twin.simulator import QueueSimulator
+from jiriaf.twin.stabilize import Stabilizer
 
 DEFAULT_LEVELS: tuple[float, ...] = (100.0, 130.0, 150.0, 162.0, 166.0)
 DEFAULT_SCHEDULE = "100x8,166x12,100x12"
@@ -414,12 +415,15 @@ async def run_live(
     threshold_state: int = 2,
     emit: Callable[[LiveStep], None] | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    stabilizer: Stabilizer | None = None,
 ) -> list[LiveStep]:
     """Run ``steps`` measurement/estimate/act cycles.
 
     The thread count the twin assumes for a measurement is the one actually in force: without an
-    actuator a recommendation is only printed and the enacted count stays as it was.
+    actuator a recommendation is only printed and the enacted count stays as it was. With a
+    ``stabilizer`` a recommendation is applied only after it has held for its window.
     """
+    gate = stabilizer or Stabilizer()
     current = initial_threads
     out: list[LiveStep] = []
     for step in range(steps):
@@ -429,7 +433,7 @@ async def run_live(
         est = twin.observe(lq, current)
         applied: str | None = None
         rec = est.recommended_threads
-        if actuator is not None and rec != current:
+        if actuator is not None and gate.offer(rec, current):
             applied = await actuator.apply(rec, reason=f"twin step {step}: estimated state {est.map_state}")
             current = rec
         item = LiveStep(

@@ -100,6 +100,15 @@ def test_live_with_no_apply_only_recommends() -> None:
     assert "switches: none" in res.output
 
 
+def test_live_waits_for_the_stabilization_window_before_applying() -> None:
+    at_once = runner.invoke(app, ["live", "--steps", "6", "--sim-rates", "166x6"])
+    assert at_once.exit_code == 0, at_once.output
+    assert "switches: after step 0 -> 32 threads" in at_once.output
+    waited = runner.invoke(app, ["live", "--steps", "6", "--sim-rates", "166x6", "--up-after", "3"])
+    assert waited.exit_code == 0, waited.output
+    assert "switches: after step 2 -> 32 threads" in waited.output
+
+
 def _jiriaf(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "jiriaf.cli", *args], capture_output=True, text=True, timeout=120, check=False

@@ -213,7 +213,8 @@ def test_chart_defaults_render_the_papers_receiver_and_a_discovering_sender() ->
         "containers"
     ][0]
     assert {"name": "THREADS", "value": "16"} in receiver["env"]
-    assert "--own-ms=91.5" in receiver["args"] and "--shared-ms=4.5" in receiver["args"]
+    assert "--own-ms=48" in receiver["args"] and "--contention-ms=3" in receiver["args"]
+    assert "--fixed-service-times" not in receiver["args"]
     sender = find(docs, "Deployment", "rel-jiriaf-stream-sender")["spec"]["template"]["spec"]
     args = sender["containers"][0]["args"]
     assert "--service=rel-jiriaf-stream-receiver" in args and "--rate=150" in args and "--regular" not in args
@@ -230,6 +231,7 @@ def test_chart_values_change_what_runs() -> None:
     docs = render(
         "receiver.threads=32",
         "receiver.paused=true",
+        "receiver.fixedServiceTimes=true",
         "sender.target=10.1.2.3:7000",
         "sender.schedule=paper:10",
         "sender.poisson=false",
@@ -241,6 +243,7 @@ def test_chart_values_change_what_runs() -> None:
     receiver = find(docs, "Deployment", "rel-jiriaf-stream-receiver")["spec"]["template"]
     assert {"name": "THREADS", "value": "32"} in receiver["spec"]["containers"][0]["env"]
     assert "--paused" in receiver["spec"]["containers"][0]["args"]
+    assert "--fixed-service-times" in receiver["spec"]["containers"][0]["args"]
     assert "annotations" not in receiver["metadata"]
     sender = find(docs, "Deployment", "rel-jiriaf-stream-sender")["spec"]["template"]["spec"]
     args = sender["containers"][0]["args"]

@@ -198,7 +198,9 @@ def receiver_args(port: int, http_port: int, *extra: str) -> list[str]:
 
 def test_sender_to_receiver_events_flow_and_are_measured(start: Start, tmp_path: Path) -> None:
     port, http_port, sender_http = free_port(), free_port(), free_port()
-    receiver = start("stream.receiver", *receiver_args(port, http_port), env={"THREADS": "16"})
+    receiver = start(
+        "stream.receiver", *receiver_args(port, http_port, "--fixed-service-times"), env={"THREADS": "16"}
+    )
     status_url = f"http://127.0.0.1:{http_port}/status"
     eventually(lambda: get_json(status_url)["threads"] == 16, timeout=60, what="receiver up with THREADS=16")
     sender = start(
@@ -224,7 +226,7 @@ def test_sender_to_receiver_events_flow_and_are_measured(start: Start, tmp_path:
     assert metric(metrics, "jiriaf_stream_queue_length") == 0
     assert metric(metrics, "jiriaf_stream_threads") == 16
     assert metric(metrics, "jiriaf_stream_service_capacity_hz") == pytest.approx(500 / 3)
-    # every event costs at least own + shared: the latency sum is at least 300 x 96 ms
+    # with fixed service times every event costs 48 ms + 16 x 3 ms: the latency sum is at least 300 x 96 ms
     assert metric(metrics, "jiriaf_stream_event_latency_seconds_sum") >= 300 * 0.096 * 0.999
     assert metric(metrics, "jiriaf_stream_queue_wait_seconds_sum") > 0
     assert stop(receiver) == 0
@@ -287,7 +289,7 @@ def test_paused_receiver_queues_and_sender_waits_for_a_late_receiver(start: Star
 
 def test_sender_rate_changes_at_runtime(start: Start) -> None:
     port, http_port, sender_http = free_port(), free_port(), free_port()
-    start("stream.receiver", *receiver_args(port, http_port, "--own-ms", "1", "--shared-ms", "0"))
+    start("stream.receiver", *receiver_args(port, http_port, "--own-ms", "1", "--contention-ms", "0"))
     eventually(lambda: up(f"http://127.0.0.1:{http_port}/healthz"), timeout=60, what="receiver up")
     start(
         "stream.sender",

@@ -28,7 +28,7 @@ from jiriaf.workloads.stream.protocol import (
     encode_event,
 )
 from jiriaf.workloads.stream.rates import RateMeter
-from jiriaf.workloads.stream.service import PAPER_COST, ServiceCost, SharedStage
+from jiriaf.workloads.stream.service import PAPER_COST, ServiceCost
 
 pytestmark = pytest.mark.unit
 
@@ -185,41 +185,60 @@ def test_arrivals_are_reproducible_with_a_seed() -> None:
 
 
 def test_paper_cost_reproduces_the_papers_service_rates_exactly() -> None:
-    assert PAPER_COST.shared == pytest.approx(0.0045)
-    assert PAPER_COST.own == pytest.approx(0.0915)
+    assert PAPER_COST.own == pytest.approx(0.048)
+    assert PAPER_COST.contention == pytest.approx(0.003)
+    assert PAPER_COST.mean_seconds(16) == pytest.approx(0.096) and PAPER_COST.mean_seconds(
+        32
+    ) == pytest.approx(0.144)
     assert PAPER_COST.capacity(16) == pytest.approx(PAPER_MU_16, rel=1e-12)
     assert PAPER_COST.capacity(32) == pytest.approx(PAPER_MU_32, rel=1e-12)
     assert Fraction(PAPER_COST.capacity(32) / PAPER_COST.capacity(16)).limit_denominator(100) == Fraction(
         4, 3
     )
+    assert PAPER_COST.random  # exponential service times by default: the twin's M/M/c queue
 
 
-def test_capacity_is_parallel_until_the_shared_stage_saturates() -> None:
-    cost = ServiceCost(own=0.09, shared=0.01)  # 10 Hz per thread, shared stage 100 Hz
-    assert [cost.capacity(n) for n in (0, 1, 5, 10, 20)] == pytest.approx([0, 10, 50, 100, 100])
-    assert ServiceCost(own=0.1, shared=0.0).capacity(7) == pytest.approx(70)
+def test_capacity_grows_with_threads_but_less_than_linearly_under_contention() -> None:
+    cost = ServiceCost(own=0.09, contention=0.01)
+    assert [cost.capacity(n) for n in (0, 1, 5, 10, 20)] == pytest.approx(
+        [0, 10, 5 / 0.14, 10 / 0.19, 20 / 0.29]
+    )
+    assert ServiceCost(own=0.1).capacity(7) == pytest.approx(70)  # no contention: linear
 
 
 def test_from_rates_checks_the_model_can_produce_them() -> None:
     cost = ServiceCost.from_rates(80.0, 100.0, low=8, high=16)
     assert cost.capacity(8) == pytest.approx(80) and cost.capacity(16) == pytest.approx(100)
+    linear = ServiceCost.from_rates(80.0, 160.0, low=8, high=16)
+    assert linear.contention == pytest.approx(0.0) and linear.capacity(32) == pytest.approx(320)
+    flat = ServiceCost.from_rates(80.0, 80.0, low=8, high=16)
+    assert flat.own == pytest.approx(0.0) and flat.capacity(100) == pytest.approx(80)
+    assert not ServiceCost.from_rates(80.0, 100.0, random=False).random
     for args in [(100.0, 90.0), (100.0, 250.0), (0.0, 10.0)]:
         with pytest.raises(UserError, match="cannot"):
             ServiceCost.from_rates(*args)
     with pytest.raises(UserError, match="low threads"):
         ServiceCost.from_rates(10.0, 10.0, low=16, high=16)
-    with pytest.raises(UserError):
-        ServiceCost(own=-1.0, shared=0.1)
-    with pytest.raises(UserError):
-        ServiceCost(own=0.0, shared=0.0)
+    for bad in [
+        dict(own=-1.0, contention=0.1),
+        dict(own=0.0),
+        dict(own=math.inf),
+        dict(own=0.1, contention=-0.1),
+    ]:
+        with pytest.raises(UserError):
+            ServiceCost(**bad)  # type: ignore[arg-type]
 
 
-def test_shared_stage_books_back_to_back_slots() -> None:
-    stage = SharedStage(0.5)
-    assert stage.reserve(10.0) == 10.5
-    assert stage.reserve(10.1) == 11.0  # waits for the first slot
-    assert stage.reserve(10.2) == 11.5
-    assert stage.reserve(20.0) == 20.5  # idle stage: starts at once
+def test_exponential_service_times_have_the_mean_and_the_spread_of_an_exponential() -> None:
+    rng = random.Random(7)
+    times = [PAPER_COST.sample(32, rng) for _ in range(40_000)]
+    mean = sum(times) / len(times)
+    sd = math.sqrt(sum((t - mean) ** 2 for t in times) / len(times))
+    assert mean == pytest.approx(0.144, rel=0.02)
+    assert sd / mean == pytest.approx(1.0, rel=0.03)  # exponential: coefficient of variation 1
+    assert min(times) >= 0.0
+    fixed = ServiceCost(own=0.048, contention=0.003, random=False)
+    assert [fixed.sample(16, rng) for _ in range(10)] == pytest.approx([0.096] * 10)
 
 
 # ---------------------------------------------------------------------------------------- rate meter

@@ -104,9 +104,11 @@ class ReceiverMetrics:
 class Receiver:
     """The FIFO, its worker pool and the counters, shared by the TCP and HTTP sides."""
 
-    def __init__(self, cost: ServiceCost, threads: int, max_queue: int, window: float = 10.0) -> None:
+    def __init__(
+        self, cost: ServiceCost, threads: int, max_queue: int, window: float = 10.0, seed: int | None = None
+    ) -> None:
         self.fifo: queue.Queue[Queued] = queue.Queue(maxsize=max_queue)
-        self.pool: WorkerPool[Queued] = WorkerPool(self.fifo, cost, threads, on_done=self._done)
+        self.pool: WorkerPool[Queued] = WorkerPool(self.fifo, cost, threads, on_done=self._done, seed=seed)
         self.metrics = ReceiverMetrics(self.fifo, self.pool, window)
         self.arrivals = 0
         self.dropped = 0
@@ -150,7 +152,11 @@ class Receiver:
             "arrival_rate_hz": self.metrics.arrival_rate.rate(),
             "service_rate_hz": self.metrics.service_rate.rate(),
             "capacity_hz": pool.cost.capacity(pool.threads),
-            "cost": {"own_s": pool.cost.own, "shared_s": pool.cost.shared},
+            "cost": {
+                "own_s": pool.cost.own,
+                "contention_s": pool.cost.contention,
+                "service_times": "exponential" if pool.cost.random else "fixed",
+            },
             "service_seconds": pool.service_seconds,
         }
 
@@ -240,7 +246,8 @@ async def serve(receiver: Receiver, host: str, port: int, http_host: str, http_p
     cost, threads = receiver.pool.cost, receiver.pool.threads
     print(
         f"receiver: events on {url_host(host)}:{bound}, HTTP on {url_host(http_host)}:{bound_http}, "
-        f"{threads} threads, cost {cost.own * 1000:g} ms own + {cost.shared * 1000:g} ms shared "
+        f"{threads} threads, {'exponential' if cost.random else 'fixed'} service times with mean "
+        f"{cost.own * 1000:g} ms + {cost.contention * 1000:g} ms per thread "
         f"(capacity {cost.capacity(threads):.1f} Hz)",
         flush=True,
     )
@@ -286,13 +293,21 @@ def parser() -> commandline.ArgumentParser:
         "--own-ms",
         type=commandline.number_type(float, 0, 60_000),
         default=PAPER_COST.own * 1000,
-        help=f"per-event ms each worker spends in parallel (default {PAPER_COST.own * 1000:g})",
+        help=f"per-event ms of a worker's own work (default {PAPER_COST.own * 1000:g})",
     )
     ap.add_argument(
-        "--shared-ms",
+        "--contention-ms",
         type=commandline.number_type(float, 0, 60_000),
-        default=PAPER_COST.shared * 1000,
-        help=f"per-event ms in the one-at-a-time stage (default {PAPER_COST.shared * 1000:g})",
+        default=PAPER_COST.contention * 1000,
+        help=f"per-event ms added for each worker thread (default {PAPER_COST.contention * 1000:g})",
+    )
+    ap.add_argument(
+        "--fixed-service-times",
+        action="store_true",
+        help="every event takes exactly the mean (default: exponential service times, an M/M/c queue)",
+    )
+    ap.add_argument(
+        "--seed", type=int, default=None, help="seed for the service times (default: a random one)"
     )
     ap.add_argument(
         "--max-queue",
@@ -315,8 +330,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     commandline.configure_logging(args.log_level)
     threads = int(args.threads) if args.threads is not None else _env_threads()
-    cost = ServiceCost(own=args.own_ms / 1000.0, shared=args.shared_ms / 1000.0)
-    receiver = Receiver(cost, threads, int(args.max_queue), float(args.rate_window))
+    cost = ServiceCost(
+        own=args.own_ms / 1000.0, contention=args.contention_ms / 1000.0, random=not args.fixed_service_times
+    )
+    receiver = Receiver(cost, threads, int(args.max_queue), float(args.rate_window), seed=args.seed)
     if args.paused:
         receiver.pool.pause()
     asyncio.run(serve(receiver, args.host, int(args.port), args.http_host or args.host, int(args.http_port)))

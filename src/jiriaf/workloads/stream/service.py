@@ -1,23 +1,23 @@
 """The receiver's service: a FIFO served by N worker threads, and the per-event cost model.
 
-**Cost model.** Each event costs a worker ``own`` seconds of work that workers do side by side (an
-I/O-bound stage, modelled as a sleep, like ERSAP services waiting on data) followed by ``shared``
-seconds in a stage that serves one event at a time for all workers (a shared resource: an output
-stream, a lock, a device). With deterministic costs a pool of N busy workers completes
+**Cost model.** A worker spends on each event ``own`` seconds of its own work plus ``contention``
+seconds for every worker thread the pool runs (the workers share the node's memory bandwidth,
+caches and network link, so each one is slower when there are more of them). The mean service time
+per event is ``s(N) = own + contention * N`` and N busy workers complete
 
-    mu(N) = min(N / (own + shared), 1 / shared)   events per second,
+    mu(N) = N / (own + contention * N)   events per second.
 
-because the shared stage staggers the workers, who then never meet there again while
-N * shared < own + shared. The paper's receiver (Tables 8 and 9; see ``docs/twin.md``) has
-mu(16) = 500/3 Hz and mu(32) = 2000/9 Hz (ratio 4/3); :meth:`ServiceCost.from_rates` gives the costs
-that reproduce both: shared = 1/mu(32) = 4.5 ms and own = 16/mu(16) - shared = 91.5 ms.
+The paper's receiver (Tables 8 and 9; see ``docs/twin.md``) has mu(16) = 500/3 Hz and
+mu(32) = 2000/9 Hz (ratio 4/3); :meth:`ServiceCost.from_rates` gives the costs that reproduce both:
+s(16) = 96 ms and s(32) = 144 ms, so contention = 3 ms and own = 48 ms.
 
-Sleep-based costs use almost no CPU, so the rates hold on a 2-core machine and do not depend on the
-GIL; a busy-CPU cost could not scale with threads in one Python process.
+**Service times** are exponential with that mean by default, which makes the receiver the M/M/c
+queue that the digital twin's queueing model assumes (c threads, each serving at mu(c) / c): the
+queue then carries the load information the twin reads, at 32 threads as well as at 16.
+``random=False`` gives fixed service times (every event exactly the mean).
 
-**Shared stage.** :class:`SharedStage` hands out back-to-back time slots (a reservation under a
-short lock, then a sleep until the slot ends), so the stage's throughput is exactly 1/shared however
-late a sleeping thread wakes up.
+The work is a sleep: ERSAP services wait on data, and a sleep is what lets the rates hold on a
+2-core machine whatever the GIL does; a busy-CPU cost could not scale with threads in one process.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import random as random_module
 import threading
 import time
 from collections.abc import Callable
@@ -42,30 +43,46 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class ServiceCost:
-    """Per-event cost: ``own`` seconds per worker (in parallel) then ``shared`` seconds (one at a time)."""
+    """Per-event cost: ``own`` seconds plus ``contention`` seconds per worker thread in the pool.
+
+    ``random``: exponential service times with that mean (the default), else fixed ones.
+    """
 
     own: float
-    shared: float
+    contention: float = 0.0
+    random: bool = True
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.own) and math.isfinite(self.shared)) or self.own < 0 or self.shared < 0:
-            raise UserError("per-event costs must be non-negative numbers")
-        if self.own + self.shared <= 0:
+        if not (math.isfinite(self.own) and math.isfinite(self.contention)):
+            raise UserError("per-event costs must be finite numbers")
+        if self.own < 0 or self.contention < 0:
+            raise UserError("per-event costs must not be negative")
+        if self.own + self.contention <= 0:
             raise UserError("the per-event cost must be positive")
 
+    def mean_seconds(self, threads: int) -> float:
+        """Mean service time of one event when the pool runs ``threads`` workers."""
+        return self.own + self.contention * max(threads, 1)
+
     def capacity(self, threads: int) -> float:
-        """Events per second that ``threads`` busy workers complete (deterministic costs)."""
+        """Events per second that ``threads`` busy workers complete."""
         if threads < 1:
             return 0.0
-        parallel = threads / (self.own + self.shared)
-        return min(parallel, 1.0 / self.shared) if self.shared > 0 else parallel
+        return threads / self.mean_seconds(threads)
+
+    def sample(self, threads: int, rng: random_module.Random) -> float:
+        """One event's service time (seconds) in a pool of ``threads`` workers."""
+        mean = self.mean_seconds(threads)
+        return rng.expovariate(1.0 / mean) if self.random else mean
 
     @classmethod
-    def from_rates(cls, rate_low: float, rate_high: float, low: int = 16, high: int = 32) -> ServiceCost:
+    def from_rates(
+        cls, rate_low: float, rate_high: float, low: int = 16, high: int = 32, random: bool = True
+    ) -> ServiceCost:
         """The costs under which ``low`` workers complete ``rate_low`` and ``high`` complete ``rate_high``.
 
-        Needs ``low < high`` and ``rate_low <= rate_high <= rate_low * high / low``: the high rate is
-        the shared stage's limit and the low one is below it.
+        Needs ``low < high`` and ``rate_low <= rate_high <= rate_low * high / low``: more workers
+        never serve fewer events, and at best they scale linearly (no contention).
         """
         if not 1 <= low < high:
             raise UserError("need 1 <= low threads < high threads")
@@ -74,28 +91,13 @@ class ServiceCost:
                 f"rates {rate_low:g} Hz ({low} threads) and {rate_high:g} Hz ({high} threads) cannot "
                 f"come from this cost model (need {rate_low:g} <= {rate_high:g} <= {rate_low * high / low:g})"
             )
-        shared = 1.0 / rate_high
-        return cls(own=low / rate_low - shared, shared=shared)
+        s_low, s_high = low / rate_low, high / rate_high
+        contention = max(0.0, (s_high - s_low) / (high - low))
+        return cls(own=max(0.0, s_low - contention * low), contention=contention, random=random)
 
 
-#: the paper's receiver: 500/3 Hz with 16 threads, 2000/9 Hz with 32
+#: the paper's receiver: 500/3 Hz with 16 threads, 2000/9 Hz with 32 (48 ms + 3 ms per thread)
 PAPER_COST = ServiceCost.from_rates(PAPER_MU_16, PAPER_MU_32)
-
-
-class SharedStage:
-    """A stage that serves one event at a time: consecutive slots of ``seconds`` each."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._free_at = -math.inf
-        self._lock = threading.Lock()
-
-    def reserve(self, now: float) -> float:
-        """Book the next slot for an event arriving at ``now``; return when the slot ends."""
-        with self._lock:
-            start = max(now, self._free_at)
-            self._free_at = start + self.seconds
-            return self._free_at
 
 
 Done = Callable[[T, float, float], None]
@@ -106,7 +108,8 @@ class WorkerPool(Generic[T]):
 
     ``on_done(item, started, finished)`` is called (in the worker thread) after each item, with
     times from ``clock``. The thread count changes at runtime with :meth:`set_threads`: new workers
-    start at once; surplus workers leave after the item they are serving.
+    start at once; surplus workers leave after the item they are serving. ``seed`` makes the service
+    times reproducible (one generator, shared by the workers).
     """
 
     def __init__(
@@ -118,10 +121,11 @@ class WorkerPool(Generic[T]):
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         poll: float = 0.1,
+        seed: int | None = None,
     ) -> None:
         self.fifo = fifo
         self.cost = cost
-        self.stage = SharedStage(cost.shared)
+        self.rng = random_module.Random(seed)
         self.on_done = on_done
         self.clock = clock
         self.sleep = sleep
@@ -214,9 +218,7 @@ class WorkerPool(Generic[T]):
                 self.busy += 1
             started = self.clock()
             try:
-                self._sleep_until(started + self.cost.own)
-                if self.cost.shared > 0:
-                    self._sleep_until(self.stage.reserve(self.clock()))
+                self._sleep_until(started + self.cost.sample(self._target, self.rng))
             finally:
                 finished = self.clock()
                 with self._lock:
