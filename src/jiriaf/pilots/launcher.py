@@ -266,6 +266,8 @@ class PilotLauncher:
         try:
             with self.registry.locked(pilot_id, timeout=5):
                 record = self.registry.require(pilot_id)
+                if record.final:  # another launcher ended it (a cancel) while this one waited
+                    return record
                 self._refresh(record)
                 self.registry.save(record)
         except UserError as exc:
