@@ -77,6 +77,29 @@ class ProcessRecord:
         except psutil.Error:
             return False
 
+    @classmethod
+    def spawn(
+        cls, component: str, argv: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None
+    ) -> ProcessRecord:
+        """Start ``argv`` in its own session, output appended to ``log``; record it by pid.
+
+        The child is not waited for by this process: it is stopped later by its recorded pid.
+        """
+        with log.open("ab") as fh:
+            fh.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
+            fh.flush()
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=cwd,
+                env=env,
+            )
+        proc.returncode = 0  # recorded by pid; Popen must not warn that it was never waited for
+        return cls(component, proc.pid, psutil.Process(proc.pid).create_time(), argv[0], str(log))
+
 
 @dataclass
 class ClusterState:
@@ -412,21 +435,7 @@ class LocalCluster:
         raise ValueError(comp)
 
     def _spawn(self, comp: str, argv: list[str]) -> ProcessRecord:
-        log = self.log_path(comp)
-        with log.open("ab") as fh:
-            fh.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
-            fh.flush()
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=self.directory,
-            )
-        # The child is not our business to wait for after ``up`` returns: it is recorded by pid.
-        proc.returncode = 0
-        return ProcessRecord(comp, proc.pid, psutil.Process(proc.pid).create_time(), argv[0], str(log))
+        return ProcessRecord.spawn(comp, argv, self.log_path(comp), self.directory)
 
     def _probe(self, comp: str, state: ClusterState, creds: dict[str, Path]) -> bool:
         port = state.ports[comp]

@@ -25,8 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from jiriaf.datadirs import data_directory
 from jiriaf.devcluster.cluster import ClusterState, ProcessRecord, free_port
 from jiriaf.errors import UserError
@@ -233,20 +231,7 @@ class LocalSlurm:
 
     def _spawn(self, daemon: str, argv: list[str]) -> ProcessRecord:
         log = self.log_dir / f"{daemon}.out"
-        with log.open("ab") as fh:
-            fh.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
-            fh.flush()
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=self.directory,
-                env=self.client_env(),
-            )
-        proc.returncode = 0  # recorded by pid; not waited for by this object
-        return ProcessRecord(daemon, proc.pid, psutil.Process(proc.pid).create_time(), argv[0], str(log))
+        return ProcessRecord.spawn(daemon, argv, log, self.directory, self.client_env())
 
     def _start_munged(self, state: SlurmState) -> None:
         munge = self.directory / "munge"

@@ -25,7 +25,7 @@ import os
 import re
 import secrets as _secrets
 import stat
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -404,35 +404,30 @@ def plan_volumes(
         raw_mode = source.get("defaultMode")
         default_mode = None if raw_mode is None else _mode(raw_mode, 0, what)
         if kind == "configMap":
-            cm_name = str(source.get("name") or "")
-            cm = configmaps.get(cm_name)
-            if cm is None:
-                if not source.get("optional"):
-                    raise VolumeError(f'{what}: configmap "{cm_name}" not found')
-            else:
-                _project_keys(
-                    out,
-                    _configmap_values(cm, f'configmap "{cm_name}"'),
-                    source.get("items"),
-                    default_mode=CONFIGMAP_MODE if default_mode is None else default_mode,
-                    optional=bool(source.get("optional")),
-                    what=f'{what}: configmap "{cm_name}"',
-                )
+            mode = CONFIGMAP_MODE if default_mode is None else default_mode
+            _project_object(
+                out,
+                source,
+                str(source.get("name") or ""),
+                configmaps,
+                "configmap",
+                _configmap_values,
+                mode,
+                what,
+            )
         elif kind == "secret":
-            s_name = str(source.get("secretName") or "")
-            secret = secrets.get(s_name)
-            if secret is None:
-                if not source.get("optional"):
-                    raise VolumeError(f'{what}: secret "{s_name}" not found')
-            else:
-                _project_keys(
-                    out,
-                    _secret_values(secret, f'secret "{s_name}"'),
-                    source.get("items"),
-                    default_mode=SECRET_MODE if default_mode in (None, API_DEFAULT_MODE) else default_mode,
-                    optional=bool(source.get("optional")),
-                    what=f'{what}: secret "{s_name}"',
-                )
+            # 0644 is the API's default: it cannot be told from "unset", so Secret files stay 0600
+            mode = SECRET_MODE if default_mode in (None, API_DEFAULT_MODE) else default_mode
+            _project_object(
+                out,
+                source,
+                str(source.get("secretName") or ""),
+                secrets,
+                "secret",
+                _secret_values,
+                mode,
+                what,
+            )
         elif kind == "downwardAPI":
             _downward_items(
                 out,
@@ -597,6 +592,32 @@ def _plan_host_path(
     return path, host_type
 
 
+def _project_object(
+    out: _Files,
+    ref: Mapping[str, Any],
+    name: str,
+    store: Mapping[str, Mapping[str, Any]],
+    kind: str,
+    values: Callable[[Mapping[str, Any], str], dict[str, bytes]],
+    mode: int,
+    what: str,
+) -> None:
+    """Project the keys of one ConfigMap or Secret (skipped when missing and optional)."""
+    obj = store.get(name)
+    if obj is None:
+        if ref.get("optional"):
+            return
+        raise VolumeError(f'{what}: {kind} "{name}" not found')
+    _project_keys(
+        out,
+        values(obj, f'{kind} "{name}"'),
+        ref.get("items"),
+        default_mode=mode,
+        optional=bool(ref.get("optional")),
+        what=f'{what}: {kind} "{name}"',
+    )
+
+
 def _plan_projected(
     out: _Files,
     pod: Mapping[str, Any],
@@ -616,35 +637,15 @@ def _plan_projected(
         swhat = f"{what} source {index}"
         if src.get("configMap") is not None:
             ref = src["configMap"]
-            name = str(ref.get("name") or "")
-            cm = configmaps.get(name)
-            if cm is None:
-                if ref.get("optional"):
-                    continue
-                raise VolumeError(f'{swhat}: configmap "{name}" not found')
-            _project_keys(
-                out,
-                _configmap_values(cm, f'configmap "{name}"'),
-                ref.get("items"),
-                default_mode=CONFIGMAP_MODE if default_mode is None else default_mode,
-                optional=bool(ref.get("optional")),
-                what=f'{swhat}: configmap "{name}"',
+            mode = CONFIGMAP_MODE if default_mode is None else default_mode
+            _project_object(
+                out, ref, str(ref.get("name") or ""), configmaps, "configmap", _configmap_values, mode, swhat
             )
         elif src.get("secret") is not None:
             ref = src["secret"]
-            name = str(ref.get("name") or "")
-            secret = secrets.get(name)
-            if secret is None:
-                if ref.get("optional"):
-                    continue
-                raise VolumeError(f'{swhat}: secret "{name}" not found')
-            _project_keys(
-                out,
-                _secret_values(secret, f'secret "{name}"'),
-                ref.get("items"),
-                default_mode=SECRET_MODE if default_mode is None else default_mode,
-                optional=bool(ref.get("optional")),
-                what=f'{swhat}: secret "{name}"',
+            mode = SECRET_MODE if default_mode is None else default_mode
+            _project_object(
+                out, ref, str(ref.get("name") or ""), secrets, "secret", _secret_values, mode, swhat
             )
         elif src.get("downwardAPI") is not None:
             _downward_items(

@@ -17,6 +17,8 @@ import time
 
 import pytest
 
+from jiriaf.workloads.stream.protocol import Event
+from jiriaf.workloads.stream.receiver import Receiver
 from jiriaf.workloads.stream.service import PAPER_COST, ServiceCost, WorkerPool
 from support import eventually
 
@@ -102,11 +104,12 @@ def test_shrink_then_grow_before_workers_leave_keeps_one_worker_per_slot() -> No
 
 def test_one_worker_serves_in_fifo_order_and_reports_each_item() -> None:
     done: list[tuple[int, float, float]] = []
+    ready: list[float] = []
     pool = WorkerPool(
         filled(20),
         ServiceCost(own=0.001, contention=0.001, random=False),
         1,
-        on_done=lambda i, s, f: done.append((i, s, f)),
+        on_done=lambda i, r, s, f: (done.append((i, s, f)), ready.append(r)),
     )
     try:
         pool.start()
@@ -116,6 +119,44 @@ def test_one_worker_serves_in_fifo_order_and_reports_each_item() -> None:
     assert [i for i, _, _ in done] == list(range(20))
     assert all(f - s >= 0.002 for _, s, f in done)  # each item got at least its cost
     assert pool.processed == 20 and pool.service_seconds >= 20 * 0.002
+    # a busy worker is ready for the next item the moment it finished the previous one
+    assert all(ready[k] == done[k - 1][2] for k in range(1, 20))
+    assert all(r <= s for r, (_, s, _) in zip(ready, done, strict=True))
+
+
+def wait_sum(receiver: Receiver) -> float:
+    value = receiver.metrics.registry.get_sample_value("jiriaf_stream_queue_wait_seconds_sum")
+    assert value is not None
+    return value
+
+
+def test_an_event_that_finds_a_free_worker_has_not_queued() -> None:
+    receiver = Receiver(ServiceCost(own=0.002, random=False), threads=4, max_queue=100)
+    receiver.pool.start()
+    try:
+        for seq in range(10):  # one at a time: every event finds idle workers
+            assert receiver.accept(Event(seq, time.time(), 0))
+            eventually(lambda n=seq + 1: receiver.pool.processed == n, timeout=30, what=f"event {seq}")
+    finally:
+        receiver.pool.stop()
+    # only the thread hand-off lay between queueing and service: no wait for a server is counted
+    assert wait_sum(receiver) == 0.0
+
+
+def test_events_held_by_a_pause_count_as_waiting() -> None:
+    receiver = Receiver(ServiceCost(own=0.002, random=False), threads=4, max_queue=100)
+    receiver.pool.pause()
+    receiver.pool.start()
+    try:
+        queued = time.monotonic()
+        for seq in range(3):
+            assert receiver.accept(Event(seq, time.time(), 0))
+        eventually(lambda: time.monotonic() - queued > 0.3, timeout=30, what="a pause of 0.3 s")
+        receiver.pool.resume()
+        eventually(lambda: receiver.pool.processed == 3, timeout=30, what="3 events after resume")
+    finally:
+        receiver.pool.stop()
+    assert wait_sum(receiver) >= 3 * 0.3
 
 
 def test_pause_keeps_items_queued_until_resumed() -> None:
@@ -135,7 +176,7 @@ def test_pause_keeps_items_queued_until_resumed() -> None:
 
 
 def test_a_failing_callback_does_not_kill_the_worker() -> None:
-    def explode(_item: int, _s: float, _f: float) -> None:
+    def explode(_item: int, _r: float, _s: float, _f: float) -> None:
         raise RuntimeError("boom")
 
     pool = WorkerPool(filled(5), ServiceCost(own=0.001), 1, on_done=explode)

@@ -89,7 +89,7 @@ class ReceiverMetrics:
         )
         self.wait = Histogram(
             "jiriaf_stream_queue_wait_seconds",
-            "Time an event waited in the FIFO",
+            "Time an event waited in the FIFO for a free worker",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -115,11 +115,12 @@ class Receiver:
         self.bad_lines = 0
         self.started = time.time()
 
-    def _done(self, item: Queued, started: float, finished: float) -> None:
+    def _done(self, item: Queued, ready: float, started: float, finished: float) -> None:
         m = self.metrics
         m.processed.inc()
         m.service_rate.add(1, finished)
-        m.wait.observe(max(0.0, started - item.queued))
+        # the wait for a free worker (the queue of M/M/c); the thread hand-off after it is not queueing
+        m.wait.observe(max(0.0, ready - item.queued))
         m.service.observe(finished - started)
         m.latency.observe(max(0.0, time.time() - item.event.sent))
 

@@ -100,16 +100,21 @@ class ServiceCost:
 PAPER_COST = ServiceCost.from_rates(PAPER_MU_16, PAPER_MU_32)
 
 
-Done = Callable[[T, float, float], None]
+Done = Callable[[T, float, float, float], None]
 
 
 class WorkerPool(Generic[T]):
     """Worker threads taking items from ``fifo`` in order and spending the cost on each.
 
-    ``on_done(item, started, finished)`` is called (in the worker thread) after each item, with
-    times from ``clock``. The thread count changes at runtime with :meth:`set_threads`: new workers
-    start at once; surplus workers leave after the item they are serving. ``seed`` makes the service
-    times reproducible (one generator, shared by the workers).
+    ``on_done(item, ready, started, finished)`` is called (in the worker thread) after each item,
+    with times from ``clock``: ``ready`` is when the worker became free to take it (it finished its
+    previous item, started, or was resumed), so an item queued before ``ready`` waited
+    ``ready - queued`` for a server, and one queued after it did not wait for a server at all (the
+    time between is the thread hand-off, not queueing).
+
+    The thread count changes at runtime with :meth:`set_threads`: new workers start at once; surplus
+    workers leave after the item they are serving. ``seed`` makes the service times reproducible
+    (one generator, shared by the workers).
     """
 
     def __init__(
@@ -207,9 +212,12 @@ class WorkerPool(Generic[T]):
             self.sleep(delay)
 
     def _work(self, wid: int) -> None:
+        ready = self.clock()
         while not self._leave(wid):
-            if not self._running.wait(self.poll):
-                continue
+            if not self._running.is_set():
+                if not self._running.wait(self.poll):
+                    continue
+                ready = self.clock()  # a paused worker was not free to serve
             try:
                 item = self.fifo.get(timeout=self.poll)
             except queue.Empty:
@@ -228,6 +236,7 @@ class WorkerPool(Generic[T]):
                 self.fifo.task_done()
             if self.on_done is not None:
                 try:
-                    self.on_done(item, started, finished)
+                    self.on_done(item, ready, started, finished)
                 except Exception:  # bookkeeping must not kill a worker
                     log.exception("on_done failed")
+            ready = finished
