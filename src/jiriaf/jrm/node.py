@@ -159,26 +159,28 @@ class NodeManager:
                     self.state.message,
                     now,
                 ),
-                self._condition(
-                    "MemoryPressure",
-                    "True" if p.memory else "False",
-                    "KubeletHasInsufficientMemory" if p.memory else "KubeletHasSufficientMemory",
-                    "available memory below 5%" if p.memory else "kubelet has sufficient memory",
-                    now,
-                ),
-                self._condition(
-                    "DiskPressure",
-                    "True" if p.disk else "False",
-                    "KubeletHasDiskPressure" if p.disk else "KubeletHasNoDiskPressure",
-                    "work directory below 5% free" if p.disk else "kubelet has no disk pressure",
-                    now,
-                ),
-                self._condition(
-                    "PIDPressure",
-                    "True" if p.pid else "False",
-                    "KubeletHasInsufficientPID" if p.pid else "KubeletHasSufficientPID",
-                    "process count above 90% of pid_max" if p.pid else "kubelet has sufficient PID",
-                    now,
+                *(
+                    self._condition(ctype, "True" if on else "False", *(yes if on else no), now)
+                    for ctype, on, yes, no in (
+                        (
+                            "MemoryPressure",
+                            p.memory,
+                            ("KubeletHasInsufficientMemory", "available memory below 5%"),
+                            ("KubeletHasSufficientMemory", "kubelet has sufficient memory"),
+                        ),
+                        (
+                            "DiskPressure",
+                            p.disk,
+                            ("KubeletHasDiskPressure", "work directory below 5% free"),
+                            ("KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+                        ),
+                        (
+                            "PIDPressure",
+                            p.pid,
+                            ("KubeletHasInsufficientPID", "process count above 90% of pid_max"),
+                            ("KubeletHasSufficientPID", "kubelet has sufficient PID"),
+                        ),
+                    )
                 ),
             ],
             "addresses": [
