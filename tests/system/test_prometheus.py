@@ -1,12 +1,14 @@
-"""A real Prometheus (Debian's package) scrapes JRMs and their pods with the configuration
-``jiriaf monitor prometheus-config`` generates and the targets ``jiriaf monitor file-sd`` keeps current.
+"""A real Prometheus scrapes JRMs and their pods with the configuration ``jiriaf monitor
+prometheus-config`` generates, once per discovery mechanism: Debian's package with the targets
+``jiriaf monitor file-sd`` keeps current, and upstream Prometheus (built by ``jiriaf dev build``
+from the Go module proxy with Kubernetes discovery) finding them through the apiserver.
 
 Two JRMs: one in shared address mode runs a ``stress --cpu 1`` pod, a pod with two processes (one
 busy, one sleeping) and two app pods that share the node's address and expose metrics on different
 ports; one in per-pod address mode runs a Deployment of two app replicas on the same port. PromQL
 answers per-container CPU of the stress pod, per-process CPU inside the two-process pod, every app
 pod's own metrics, and every expression of the Grafana dashboard. Debian's Prometheus has no
-Kubernetes service discovery (removed by the packagers), so the file discovery is what it runs.
+Kubernetes service discovery (removed by the packagers), hence the upstream build for that variant.
 All servers listen on 127.0.0.0/8.
 """
 
@@ -28,6 +30,7 @@ from lightkube import Client
 from lightkube.codecs import from_dict
 from lightkube.resources.core_v1 import Pod
 
+from jiriaf.devcluster import build
 from jiriaf.devcluster.cluster import free_port
 from jiriaf.monitor.prometheus_server import PrometheusServer, find_prometheus
 from support import eventually
@@ -118,14 +121,21 @@ def promql_values(result: list[dict[str, Any]]) -> dict[tuple[tuple[str, str], .
     return {tuple(sorted(r["metric"].items())): float(r["value"][1]) for r in result}
 
 
+@pytest.mark.parametrize("discovery", ["file", "kubernetes"])
 def test_prometheus_scrapes_jrms_and_pods_with_the_generated_configuration(
     client: Client,
     ns: str,
     kubeconfig: Path,
     jrm_factory: Callable[..., Any],
     monitor_dir: Path,
-    file_sd: subprocess.Popen[bytes],
+    discovery: str,
+    request: pytest.FixtureRequest,
 ) -> None:
+    if discovery == "file":
+        request.getfixturevalue("file_sd")  # keeps the target files current until the test ends
+        binary = find_prometheus()
+    else:
+        binary = str(build.ensure_built(["prometheus"])["prometheus"])  # cached after the first build
     shared = jrm_factory(JIRIAF_METRICS_INTERVAL="2").start()
     per_pod = jrm_factory(
         JIRIAF_METRICS_INTERVAL="2", JIRIAF_ADDRESS_MODE="per-pod", JIRIAF_POD_CIDR="127.92.0.0/16"
@@ -181,7 +191,7 @@ def test_prometheus_scrapes_jrms_and_pods_with_the_generated_configuration(
             "-o",
             str(config),
             "--discovery",
-            "file",
+            discovery,
             "--scrape-interval",
             "2s",
         ],
@@ -191,23 +201,30 @@ def test_prometheus_scrapes_jrms_and_pods_with_the_generated_configuration(
         check=False,
     )
     assert gen.returncode == 0, gen.stderr
-    check = subprocess.run(
-        ["promtool", "check", "config", str(config)], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert check.returncode == 0, check.stdout + check.stderr
-    eventually(
-        lambda: (monitor_dir / "targets" / "jiriaf-pods.json").exists(), timeout=30, what="target files"
-    )
+    if discovery == "file":
+        promtool = ["promtool", "check", "config", str(config)]
+        check = subprocess.run(promtool, capture_output=True, text=True, timeout=60, check=False)
+        assert check.returncode == 0, check.stdout + check.stderr
+        eventually(
+            lambda: (monitor_dir / "targets" / "jiriaf-pods.json").exists(), timeout=30, what="target files"
+        )
+    else:
+        assert "kubernetes_sd_configs" in config.read_text()
 
-    server = PrometheusServer(config, monitor_dir / "run", free_port())
+    server = PrometheusServer(config, monitor_dir / "run", free_port(), binary=binary)
     server.start()
     try:
-        _check_queries(server, ns, shared.node_name, per_pod.node_name)
+        ours = _check_queries(server, ns, shared.node_name, per_pod.node_name)
+        # each target came from the discovery under test
+        meta = "__meta_kubernetes_" if discovery == "kubernetes" else "__meta_filepath"
+        assert all(any(k.startswith(meta) for k in t["discoveredLabels"]) for t in ours), ours
     finally:
         server.stop()
 
 
-def _check_queries(server: PrometheusServer, ns: str, node_a: str, node_b: str) -> None:
+def _check_queries(server: PrometheusServer, ns: str, node_a: str, node_b: str) -> list[dict[str, Any]]:
+    """Check the targets and the answers; return the targets of this test's JRMs and pods."""
+
     def healthy_targets() -> list[dict[str, Any]] | None:
         ours = [
             t
@@ -218,7 +235,9 @@ def _check_queries(server: PrometheusServer, ns: str, node_a: str, node_b: str) 
         want = ["jiriaf-jrm"] * 2 + ["jiriaf-jrm-resource"] * 2 + ["jiriaf-pods"] * 4
         return ours if jobs == want else None
 
-    eventually(healthy_targets, timeout=120, interval=2, what="every JRM and app target up")
+    ours: list[dict[str, Any]] = eventually(
+        healthy_targets, timeout=120, interval=2, what="every JRM and app target up"
+    )
 
     # per-container CPU of the stress pod
     stress_cpu = (
@@ -285,6 +304,7 @@ def _check_queries(server: PrometheusServer, ns: str, node_a: str, node_b: str) 
             )
             answered += bool(server.query(expr))  # raises on a PromQL error
     assert answered >= 15
+    return ours
 
 
 def test_generated_kubernetes_discovery_config_is_complete(kubeconfig: Path, tmp_path: Path) -> None:

@@ -27,6 +27,10 @@ ETCD_VERSION = "v3.6.16"
 # v0.9.0 is the release that is, and it builds with Go >= 1.26.4.
 METRICS_SERVER_VERSION = "v0.9.0"
 KWOK_VERSION = "v0.7.0"
+# Prometheus publishes its Go module as v0.3XX.Y for release v3.XX.Y; this is Prometheus v3.5.0 (LTS).
+# Debian's package is built without Kubernetes service discovery, so this build (with only that
+# discovery compiled in) is what runs the Kubernetes-discovery configuration in the tests.
+PROMETHEUS_VERSION = "v0.305.0"
 
 ProgressFn = Callable[[str], None]
 
@@ -52,6 +56,7 @@ class BuildUnit:
     ldflags: str = "-s -w"
     go_directive: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    tags: str = ""  # Go build tags
 
     @property
     def directory(self) -> Path:
@@ -108,6 +113,19 @@ UNITS: dict[str, BuildUnit] = {
         module="sigs.k8s.io/kwok",
         version=KWOK_VERSION,
         packages={"kwok": "sigs.k8s.io/kwok/cmd/kwok"},
+    ),
+    "prometheus": BuildUnit(
+        name="prometheus",
+        module="github.com/prometheus/prometheus",
+        version=PROMETHEUS_VERSION,
+        packages={"prometheus": "github.com/prometheus/prometheus/cmd/prometheus"},
+        # every service discovery but Kubernetes' left out (its plugins' build tags), so the build
+        # compiles no cloud SDKs; the web UI is not embedded (the HTTP API is what jiriaf uses)
+        tags="remove_all_sd,enable_kubernetes_sd",
+        ldflags=(
+            "-s -w -X github.com/prometheus/common/version.Version=3.5.0 "
+            "-X github.com/prometheus/common/version.Branch=jiriaf-build"
+        ),
     ),
 }
 
@@ -219,10 +237,11 @@ def build_unit(unit: BuildUnit, progress: ProgressFn) -> None:
     (work / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\nimport (\n{imports}\n)\n")
     step.run("resolve dependencies", [go, "get", f"{unit.module}@{unit.version}"], work)
     step.run("tidy", [go, "mod", "tidy"], work)
+    tags = ["-tags", unit.tags] if unit.tags else []
     for binary, pkg in unit.packages.items():
         step.run(
             f"compile {binary} (takes minutes the first time)",
-            [go, "build", "-trimpath", "-ldflags", unit.ldflags, "-o", str(unit.binary(binary)), pkg],
+            [go, "build", "-trimpath", *tags, "-ldflags", unit.ldflags, "-o", str(unit.binary(binary)), pkg],
             work,
         )
     (unit.directory / ".complete").write_text(unit.version + "\n")
