@@ -5,7 +5,7 @@ Run: ``python3 -m jiriaf.workloads.stream.receiver --port 7000 --http-port 8080`
 Events (newline-delimited JSON, see :mod:`.protocol`) from any number of senders are queued in
 arrival order; ``THREADS`` worker threads (env var, or ``--threads``) take them one at a time and
 spend the per-event cost of :mod:`.service` on each (default: the paper's receiver, 500/3 Hz with 16
-threads and 2000/9 Hz with 32). The HTTP port serves:
+threads and 2000/9 Hz with 32, exponential service times: an M/M/c queue). The HTTP port serves:
 
 * ``GET /metrics`` - Prometheus: ``jiriaf_stream_queue_length``, ``jiriaf_stream_arrivals_total``,
   ``jiriaf_stream_processed_total``, ``jiriaf_stream_event_latency_seconds`` (from the sender's
