@@ -34,9 +34,8 @@ from rich.console import Console
 from rich.table import Table
 
 from jiriaf.devcluster.cluster import LocalCluster, free_port
-from jiriaf.kube.patching import create, delete
-from jiriaf.kube.raw import async_raw_client
 from jiriaf.monitor.prometheus import api_access_from_kubeconfig
+from pod_startup import delete_namespace, run_sleep_pods
 
 console = Console()
 TOLERATIONS = [{"key": "virtual-kubelet.io/provider", "operator": "Exists", "effect": "NoSchedule"}]
@@ -108,55 +107,6 @@ def check_complete(client: httpx2.Client, ns: str, pods: int) -> list[str]:
     if len([p for p in summary["pods"] if p["podRef"]["namespace"] == ns]) != pods:
         problems.append("/stats/summary lacks pods")
     return problems
-
-
-async def create_pods(kubeconfig: Path, node: str, ns: str, count: int, timeout: float) -> float:
-    """Create ``count`` sleep pods and wait until all run; return the seconds it took."""
-    client = async_raw_client(kubeconfig, timeout=60)
-    try:
-        await create(
-            client, "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
-        )
-        for _ in range(200):
-            if (await client.get(f"/api/v1/namespaces/{ns}/serviceaccounts/default")).status_code == 200:
-                break
-            await asyncio.sleep(0.1)
-        sem = asyncio.Semaphore(16)
-
-        async def make(i: int) -> None:
-            body = {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": f"p{i}", "namespace": ns},
-                "spec": {
-                    "nodeSelector": {"kubernetes.io/hostname": node},
-                    "tolerations": TOLERATIONS,
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [{"name": "c", "image": "sleep", "command": ["sleep", "3600"]}],
-                },
-            }
-            async with sem:
-                await create(client, f"/api/v1/namespaces/{ns}/pods", body)
-
-        start = time.monotonic()
-        await asyncio.gather(*(make(i) for i in range(count)))
-        deadline = start + timeout
-        while time.monotonic() < deadline:
-            items = (await client.get(f"/api/v1/namespaces/{ns}/pods")).json().get("items", [])
-            if sum(1 for p in items if p.get("status", {}).get("phase") == "Running") == count:
-                return time.monotonic() - start
-            await asyncio.sleep(1)
-        raise RuntimeError(f"not all {count} pods Running after {timeout:.0f}s")
-    finally:
-        await client.aclose()
-
-
-async def delete_namespace(kubeconfig: Path, ns: str) -> None:
-    client = async_raw_client(kubeconfig, timeout=60)
-    try:
-        await delete(client, f"/api/v1/namespaces/{ns}")
-    finally:
-        await client.aclose()
 
 
 def gauge(client: httpx2.Client, name: str) -> float:
@@ -234,7 +184,7 @@ def main() -> int:
         ns = f"bench-{uuid.uuid4().hex[:6]}"
         console.print(f"[cyan]•[/cyan] creating {args.pods} sleep pods")
         extra["pods Running after s"] = asyncio.run(
-            create_pods(kubeconfig, node, ns, args.pods, args.timeout)
+            run_sleep_pods(kubeconfig, node, ns, args.pods, args.timeout)
         )
         wait_sampled(client, 2 * args.pods)
         time.sleep(args.interval + 1)  # a sample in which every pod had been running for a while

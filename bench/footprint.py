@@ -34,9 +34,9 @@ from rich.table import Table
 
 from jiriaf.devcluster import build
 from jiriaf.devcluster.cluster import LocalCluster, free_port
-from jiriaf.kube.patching import create, delete
+from jiriaf.kube.patching import delete
 from jiriaf.kube.raw import async_raw_client
-from pod_startup import TOLERATIONS, register_kwok_node, wait_namespaces_gone, wait_node_ready
+from pod_startup import delete_namespace, register_kwok_node, run_sleep_pods, wait_node_ready
 
 console = Console()
 MIB = 1024 * 1024
@@ -135,56 +135,6 @@ async def delete_nodes(kubeconfig: Path, names: Sequence[str]) -> None:
         await client.aclose()
 
 
-async def run_pods(kubeconfig: Path, node: str, count: int) -> str:
-    """Create ``count`` sleep pods for ``node`` in a new namespace and wait until all run."""
-    client = async_raw_client(kubeconfig, timeout=60)
-    ns = f"bench-{uuid.uuid4().hex[:6]}"
-    try:
-        await create(
-            client, "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
-        )
-        for _ in range(200):  # the service-account controller must create the default account first
-            if (await client.get(f"/api/v1/namespaces/{ns}/serviceaccounts/default")).status_code == 200:
-                break
-            await asyncio.sleep(0.1)
-        sem = asyncio.Semaphore(16)
-
-        async def make(i: int) -> None:
-            body = {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": f"p{i}", "namespace": ns},
-                "spec": {
-                    "nodeSelector": {"kubernetes.io/hostname": node},
-                    "tolerations": TOLERATIONS,
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [{"name": "c", "image": "sleep", "command": ["sleep", "3600"]}],
-                },
-            }
-            async with sem:
-                await create(client, f"/api/v1/namespaces/{ns}/pods", body)
-
-        await asyncio.gather(*(make(i) for i in range(count)))
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            items = (await client.get(f"/api/v1/namespaces/{ns}/pods")).json().get("items", [])
-            if sum(1 for p in items if p.get("status", {}).get("phase") == "Running") == count:
-                return ns
-            await asyncio.sleep(1)
-        raise RuntimeError(f"{count} pods on {node} not Running after 600 s")
-    finally:
-        await client.aclose()
-
-
-async def drop_namespace(kubeconfig: Path, ns: str) -> None:
-    client = async_raw_client(kubeconfig, timeout=60)
-    try:
-        await delete(client, f"/api/v1/namespaces/{ns}")
-        await wait_namespaces_gone(client)
-    finally:
-        await client.aclose()
-
-
 def part_pods(tmp: Path, kubeconfig: Path, counts: Sequence[int], window: float) -> list[dict[str, Any]]:
     agents = Agents(tmp / "pods", kubeconfig)
     agents.tmp.mkdir(parents=True)
@@ -198,12 +148,14 @@ def part_pods(tmp: Path, kubeconfig: Path, counts: Sequence[int], window: float)
         for count in counts:
             for target, (node, proc) in targets.items():
                 say(f"{count} pods on {target}")
-                ns = asyncio.run(run_pods(kubeconfig, node, count)) if count else None
+                ns = f"bench-{uuid.uuid4().hex[:6]}" if count else None
+                if ns:
+                    asyncio.run(run_sleep_pods(kubeconfig, node, ns, count))
                 time.sleep(min(5.0, window))  # let the start-up work settle
                 cpu, rss = usage({"agent": [proc]}, window)["agent"]
                 rows.append({"pods": count, "target": target, "cpu": cpu, "rss": rss})
                 if ns:
-                    asyncio.run(drop_namespace(kubeconfig, ns))
+                    asyncio.run(delete_namespace(kubeconfig, ns, wait=True))
         asyncio.run(delete_nodes(kubeconfig, [node for node, _ in targets.values()]))
     finally:
         agents.stop()
@@ -297,13 +249,13 @@ def main() -> None:
         "apiserver CPU ratio jrm/kwok",
     ):
         table.add_column(col, justify="right")
-    for k in nodes:
-        kw = next(r for r in node_rows if r["nodes"] == k and r["target"] == "kwok")
-        jr = next(r for r in node_rows if r["nodes"] == k and r["target"] == "jrm")
+    for n in nodes:
+        kw = next(r for r in node_rows if r["nodes"] == n and r["target"] == "kwok")
+        jr = next(r for r in node_rows if r["nodes"] == n and r["target"] == "jrm")
         for r in (kw, jr):
             extra = ratio(jr["api_cpu"], kw["api_cpu"]) if r is jr else ""
             table.add_row(
-                str(k), r["target"], f"{r['api_cpu']:.1f}", f"{r['agent_cpu']:.1f}", f"{r['rss']:.0f}", extra
+                str(n), r["target"], f"{r['api_cpu']:.1f}", f"{r['agent_cpu']:.1f}", f"{r['rss']:.0f}", extra
             )
     console.print(table)
     console.print(f"logs: {tmp}")

@@ -20,6 +20,7 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from jiriaf.jcs.matching import Decision, Demand, IdlePilot, Pool, Verdict, match
 
@@ -153,9 +154,9 @@ def main() -> None:
     print("-" * len(header))
     for n_req, n_pool in sizes:
         ds, ps, ips = workload(n_req, n_pool, args.pilots, args.seed)
-        t_base, base = timed(lambda ds=ds, ps=ps: first_fit_decreasing(ds, ps), args.repeat)
-        t_jms, jms = timed(lambda ds=ds, ps=ps, ips=ips: match(ds, ps, ips, now=NOW), args.repeat)
-        t_nop, nop = timed(lambda ds=ds, ps=ps: match(ds, ps, (), now=NOW), args.repeat)
+        t_base, base = timed(partial(first_fit_decreasing, ds, ps), args.repeat)
+        t_jms, jms = timed(partial(match, ds, ps, ips, now=NOW), args.repeat)
+        t_nop, nop = timed(partial(match, ds, ps, (), now=NOW), args.repeat)
         label = f"{n_req:,} x {n_pool:,}"
         rows = [
             ("first-fit-decreasing", t_base, base),

@@ -146,6 +146,58 @@ async def wait_namespaces_gone(client: Any, timeout: float = 300) -> None:
         await asyncio.sleep(1)
 
 
+async def run_sleep_pods(kubeconfig: Path, node: str, ns: str, count: int, timeout: float = 600) -> float:
+    """Create namespace ``ns`` with ``count`` sleep pods for ``node``, wait until all run; return the
+    seconds from the first create to all Running."""
+    client = async_raw_client(kubeconfig, timeout=60)
+    try:
+        await create(
+            client, "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+        )
+        for _ in range(200):  # the service-account controller must create the default account first
+            if (await client.get(f"/api/v1/namespaces/{ns}/serviceaccounts/default")).status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+        sem = asyncio.Semaphore(16)
+
+        async def make(i: int) -> None:
+            body = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": f"p{i}", "namespace": ns},
+                "spec": {
+                    "nodeSelector": {"kubernetes.io/hostname": node},
+                    "tolerations": TOLERATIONS,
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{"name": "c", "image": "sleep", "command": ["sleep", "3600"]}],
+                },
+            }
+            async with sem:
+                await create(client, f"/api/v1/namespaces/{ns}/pods", body)
+
+        start = time.monotonic()
+        await asyncio.gather(*(make(i) for i in range(count)))
+        while time.monotonic() < start + timeout:
+            items = (await client.get(f"/api/v1/namespaces/{ns}/pods")).json().get("items", [])
+            if sum(1 for p in items if p.get("status", {}).get("phase") == "Running") == count:
+                return time.monotonic() - start
+            await asyncio.sleep(1)
+        raise RuntimeError(f"not all {count} pods on {node} Running after {timeout:.0f} s")
+    finally:
+        await client.aclose()
+
+
+async def delete_namespace(kubeconfig: Path, ns: str, wait: bool = False) -> None:
+    """Delete ``ns``; with ``wait``, until no bench namespace is left."""
+    client = async_raw_client(kubeconfig, timeout=60)
+    try:
+        await delete(client, f"/api/v1/namespaces/{ns}")
+        if wait:
+            await wait_namespaces_gone(client)
+    finally:
+        await client.aclose()
+
+
 async def run(kubeconfig: Path, jrm_node: str, kwok_node: str, bursts: list[int]) -> list[dict[str, Any]]:
     client = async_raw_client(kubeconfig, timeout=60)
     rows = []
