@@ -27,3 +27,12 @@ def eventually(
     raise AssertionError(
         f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last})" if last else "")
     )
+
+
+def not_none(value: T | None) -> T:
+    """``value``, an optional field of an API object that the test knows is set (a pod's ``status``).
+
+    ``None`` fails an assertion here where using it would have failed anyway; ``eventually`` retries both.
+    """
+    assert value is not None
+    return value

@@ -23,7 +23,7 @@ from lightkube.resources.core_v1 import ConfigMap, Namespace, Node, Pod
 from lightkube.resources.core_v1 import NodeStatus as NodeStatusResource
 from lightkube.types import PatchType
 
-from support import eventually
+from support import eventually, not_none
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ def test_namespace_and_configmap_are_stored(client: Client, ns: str) -> None:
     got = client.get(ConfigMap, "cfg", namespace=ns)
     assert got.data == {"k": "v"}
     assert got.metadata is not None and got.metadata.uid  # assigned by the real apiserver
-    assert client.get(Namespace, ns).status.phase == "Active"
+    assert not_none(client.get(Namespace, ns).status).phase == "Active"
 
 
 def test_scheduler_binds_pod_to_registered_node(client: Client, ns: str) -> None:
@@ -62,11 +62,11 @@ def test_scheduler_binds_pod_to_registered_node(client: Client, ns: str) -> None
             )
         )
         pod = eventually(
-            lambda: (p := client.get(Pod, "p", namespace=ns)).spec.nodeName and p,
+            lambda: p if not_none((p := client.get(Pod, "p", namespace=ns)).spec).nodeName else None,
             what="the scheduler to bind the pod",
         )
-        assert pod.spec.nodeName == node_name
-        scheduled = [c for c in pod.status.conditions or [] if c.type == "PodScheduled"]
+        assert not_none(pod.spec).nodeName == node_name
+        scheduled = [c for c in not_none(pod.status).conditions or [] if c.type == "PodScheduled"]
         assert scheduled and scheduled[0].status == "True"
     finally:
         client.delete(Node, node_name)
@@ -88,9 +88,9 @@ def test_controller_manager_creates_replicaset_and_pods(client: Client, ns: str)
         )
     )
     rs = eventually(lambda: list(client.list(ReplicaSet, namespace=ns)), what="a ReplicaSet")
-    assert rs[0].metadata.ownerReferences[0].name == "web"
+    assert not_none(not_none(rs[0].metadata).ownerReferences)[0].name == "web"
     pods = eventually(
-        lambda: (ps := list(client.list(Pod, namespace=ns, labels=labels))) and len(ps) == 3 and ps,
+        lambda: ps if len(ps := list(client.list(Pod, namespace=ns, labels=dict(labels)))) == 3 else None,
         what="three pods",
     )
-    assert {p.metadata.ownerReferences[0].kind for p in pods} == {"ReplicaSet"}
+    assert {not_none(not_none(p.metadata).ownerReferences)[0].kind for p in pods} == {"ReplicaSet"}

@@ -370,7 +370,8 @@ async def _flush_says(ctx: Ctx, rid: int, text: str) -> bool:
 
 
 async def _state(ctx: Ctx, rid: int, state: str) -> bool:
-    return (await ctx.request(rid))["state"] == state
+    current: str = (await ctx.request(rid))["state"]
+    return current == state
 
 
 async def _pilot(ctx: Ctx, pid: str, state: str) -> bool:

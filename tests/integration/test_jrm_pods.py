@@ -17,7 +17,7 @@ from lightkube.codecs import from_dict
 from lightkube.resources.core_v1 import Event, Node, Pod
 
 from jiriaf.devcluster.build import kubectl
-from support import eventually
+from support import eventually, not_none
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +60,7 @@ def sh(name: str, script: str, **extra: Any) -> dict[str, Any]:
 
 def wait_phase(client: Client, ns: str, name: str, phases: tuple[str, ...], timeout: float = 90) -> Any:
     return eventually(
-        lambda: (p := client.get(Pod, name, namespace=ns)).status.phase in phases and p,
+        lambda: p if not_none((p := client.get(Pod, name, namespace=ns)).status).phase in phases else None,
         timeout=timeout,
         what=f"pod {name} in {phases}",
     )
@@ -87,7 +87,7 @@ def test_node_registers_with_jiriaf_labels_taint_and_lease(node: Any, client: Cl
     from lightkube.resources.coordination_v1 import Lease
 
     n = client.get(Node, node.node_name)
-    labels = n.metadata.labels
+    labels = not_none(not_none(n.metadata).labels)
     assert labels["jiriaf.nodetype"] == "cpu" and labels["jiriaf.site"] == "local"
     assert labels["kubernetes.io/role"] == "agent" and labels["type"] == "virtual-kubelet"
     assert labels["kubernetes.io/hostname"] == node.node_name
@@ -95,19 +95,28 @@ def test_node_registers_with_jiriaf_labels_taint_and_lease(node: Any, client: Cl
     # the node lifecycle controller removes its not-ready taint once it sees the node Ready
     eventually(
         lambda: (
-            [(t.key, t.value, t.effect) for t in client.get(Node, node.node_name).spec.taints]
+            [
+                (t.key, t.value, t.effect)
+                for t in not_none(not_none(client.get(Node, node.node_name).spec).taints)
+            ]
             == [("virtual-kubelet.io/provider", "mock", "NoSchedule")]
         ),
         what="only the JIRIAF taint",
     )
-    assert int(n.status.allocatable["pods"]) == 110
-    assert n.status.daemonEndpoints.kubeletEndpoint.Port == int(node.env["KUBELET_PORT"])
-    assert {c.type for c in n.status.conditions} >= {"Ready", "MemoryPressure", "DiskPressure", "PIDPressure"}
+    status = not_none(n.status)
+    assert int(not_none(status.allocatable)["pods"]) == 110
+    assert not_none(not_none(status.daemonEndpoints).kubeletEndpoint).Port == int(node.env["KUBELET_PORT"])
+    conditions = {c.type for c in not_none(status.conditions)}
+    assert conditions >= {"Ready", "MemoryPressure", "DiskPressure", "PIDPressure"}
     lease = client.get(Lease, node.node_name, namespace="kube-node-lease")
-    assert lease.spec.holderIdentity == node.node_name and lease.spec.leaseDurationSeconds == 40
-    first = lease.spec.renewTime
+    spec = not_none(lease.spec)
+    assert spec.holderIdentity == node.node_name and spec.leaseDurationSeconds == 40
+    first = not_none(spec.renewTime)
     eventually(
-        lambda: client.get(Lease, node.node_name, namespace="kube-node-lease").spec.renewTime > first,
+        lambda: (
+            not_none(not_none(client.get(Lease, node.node_name, namespace="kube-node-lease").spec).renewTime)
+            > first
+        ),
         timeout=30,
         what="lease renewal",
     )
@@ -186,14 +195,15 @@ def test_paper_direct_stress_runs_unchanged_and_delete_ends_process_tree(
     assert script.exists()
     # stress forks two CPU hogs; they are the container's process tree
     procs = eventually(
-        lambda: (ps := [p for p in _pids_of(node.workdir) if p.name() == "stress"]) and len(ps) >= 3 and ps,
+        lambda: ps if len(ps := [p for p in _pids_of(node.workdir) if p.name() == "stress"]) >= 3 else None,
         what="stress and its two hogs",
     )
     logs = eventually(
         lambda: (
-            (r := kubectl_run(kubeconfig, "logs", "-n", ns, "direct-stress")).returncode == 0
+            r
+            if (r := kubectl_run(kubeconfig, "logs", "-n", ns, "direct-stress")).returncode == 0
             and "dispatching hogs: 2 cpu" in r.stdout
-            and r
+            else None
         ),
         what="kubectl logs",
     )
@@ -207,7 +217,7 @@ def test_paper_direct_stress_runs_unchanged_and_delete_ends_process_tree(
 def test_paper_node_affinity_on_alivetime(jrm_factory: Callable[..., Any], client: Client, ns: str) -> None:
     jrm = jrm_factory(JIRIAF_WALLTIME="3600", JIRIAF_SITE="nersc").start()
     jrm.wait_ready(client)
-    alive = int(client.get(Node, jrm.node_name).metadata.labels["jiriaf.alivetime"])
+    alive = int(not_none(not_none(client.get(Node, jrm.node_name).metadata).labels)["jiriaf.alivetime"])
     assert 3500 < alive <= 3600
     pod = pod_on(jrm.node_name, "affine", [sh("c", "echo placed; sleep 1")], restartPolicy="Never")
     del pod["spec"]["nodeSelector"]
@@ -254,7 +264,7 @@ def test_crash_loop_back_off_and_restart_count(node: Any, client: Client, ns: st
     pod = eventually(
         lambda: (
             (p := client.get(Pod, "loop", namespace=ns))
-            and p.status.containerStatuses
+            and not_none(p.status).containerStatuses
             and cstatus(p, "c").restartCount >= 1
             and cstatus(p, "c").state.waiting is not None
             and p
@@ -365,7 +375,7 @@ def test_probes_exec_http_tcp(node: Any, client: Client, ns: str) -> None:
     apply(client, ns, pod_on(node.node_name, "probed", [server, bad]))
     pod = eventually(
         lambda: (
-            (p := client.get(Pod, "probed", namespace=ns)).status.containerStatuses
+            not_none((p := client.get(Pod, "probed", namespace=ns)).status).containerStatuses
             and cstatus(p, "web").ready
             and cstatus(p, "bad").restartCount >= 1
             and p
@@ -439,7 +449,7 @@ def test_missing_configmap_is_create_container_config_error(node: Any, client: C
     apply(client, ns, pod_on(node.node_name, "cfgerr", [c], restartPolicy="Never"))
     pod = eventually(
         lambda: (
-            (p := client.get(Pod, "cfgerr", namespace=ns)).status.containerStatuses
+            not_none((p := client.get(Pod, "cfgerr", namespace=ns)).status).containerStatuses
             and cstatus(p, "c").state.waiting
             and p
         ),
@@ -448,7 +458,9 @@ def test_missing_configmap_is_create_container_config_error(node: Any, client: C
     w = cstatus(pod, "c").state.waiting
     assert w.reason == "CreateContainerConfigError" and "nope" in w.message
     eventually(
-        lambda: any(e.reason == "Failed" and "nope" in e.message for e in client.list(Event, namespace=ns)),
+        lambda: any(
+            e.reason == "Failed" and "nope" in not_none(e.message) for e in client.list(Event, namespace=ns)
+        ),
         what="a Failed event",
     )
 
@@ -647,15 +659,16 @@ def test_hostile_volume_specs_are_rejected_and_nothing_escapes(
             assert exc.status.code == 422, exc  # refused at the door by the apiserver's validation
             by_api.append(name)
     for name in by_jrm:
-        pod = eventually(
-            lambda n=name: (
-                (p := client.get(Pod, n, namespace=ns)).status.containerStatuses
+
+        def rejected(n: str = name) -> Any:
+            return (
+                not_none((p := client.get(Pod, n, namespace=ns)).status).containerStatuses
                 and cstatus(p, "c").state.waiting
                 and cstatus(p, "c").state.waiting.reason == "CreateContainerConfigError"
                 and p
-            ),
-            what=f"{name} rejected by the JRM",
-        )
+            )
+
+        pod = eventually(rejected, what=f"{name} rejected by the JRM")
         assert cstatus(pod, "c").state.waiting.message
     print(f"refused by the apiserver: {by_api}\nrefused by the JRM: {by_jrm}")
     assert len(by_jrm) >= 10
@@ -687,7 +700,7 @@ def test_kill9_and_restart_adopts_without_duplicates(node: Any, client: Client, 
         assert cstatus(short, "c").state.terminated.exitCode == 5  # true exit code, learned after the fact
         long = client.get(Pod, "long", namespace=ns)
         c = cstatus(long, "c")
-        assert long.status.phase == "Running" and c.restartCount == 0
+        assert not_none(long.status).phase == "Running" and c.restartCount == 0
         assert int(pgid_file.read_text()) == pgid  # adopted, not restarted
         sleepers = [
             p
@@ -702,7 +715,7 @@ def test_kill9_and_restart_adopts_without_duplicates(node: Any, client: Client, 
                     if psutil.Process(p.pid)
                     .environ()
                     .get("JIRIAF_CONTAINER", "")
-                    .startswith(long.metadata.uid)
+                    .startswith(not_none(not_none(long.metadata).uid))
                 ]
             )
             == 1
@@ -721,17 +734,18 @@ def test_walltime_drains_and_exits_cleanly(jrm_factory: Callable[..., Any], clie
     wait_phase(client, ns, "worker", ("Running",))
     eventually(
         lambda: any(
-            t.key == "jiriaf.io/walltime-ending" for t in client.get(Node, jrm.node_name).spec.taints or []
+            t.key == "jiriaf.io/walltime-ending"
+            for t in not_none(client.get(Node, jrm.node_name).spec).taints or []
         ),
         timeout=30,
         what="the walltime taint",
     )
     assert jrm.proc.wait(timeout=60) == 0
     n = client.get(Node, jrm.node_name)
-    ready = next(c for c in n.status.conditions if c.type == "Ready")
+    ready = next(c for c in not_none(not_none(n.status).conditions) if c.type == "Ready")
     assert ready.status == "False" and ready.reason == "WalltimeExpired"
     pod = client.get(Pod, "worker", namespace=ns)
-    assert pod.status.phase == "Failed"
+    assert not_none(pod.status).phase == "Failed"
     t = cstatus(pod, "c").state.terminated
     assert t.exitCode == 0  # it handled SIGTERM within the grace period
     assert "got TERM" in (jrm.workdir / ns / "worker" / "containers" / "c" / "stdout").read_text()

@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from jiriaf.devcluster.build import kubectl
 from jiriaf.monitor.prometheus import api_access_from_kubeconfig
-from support import eventually
+from support import eventually, not_none
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +85,7 @@ def running_pods(client: Client, ns: str, app: str, count: int, timeout: float =
         pods = [
             p
             for p in client.list(Pod, namespace=ns, labels={"app": app})
-            if p.status.phase == "Running" and p.status.podIP
+            if not_none(p.status).phase == "Running" and not_none(p.status).podIP
         ]
         return pods if len(pods) == count else None
 
@@ -165,11 +165,11 @@ def stress_node(jrm_factory: Callable[..., Any], client: Client, ns: str) -> Any
         ),
     )
     for name in ("stress", "two"):
-        eventually(
-            lambda n=name: client.get(Pod, n, namespace=ns).status.phase == "Running",
-            timeout=90,
-            what=f"{name} Running",
-        )
+
+        def running(n: str = name) -> bool:
+            return not_none(client.get(Pod, n, namespace=ns).status).phase == "Running"
+
+        eventually(running, timeout=90, what=f"{name} Running")
     return jrm
 
 
@@ -215,7 +215,7 @@ def test_stats_summary_has_real_node_pod_and_container_figures(
     kubelet = Kubelet(stress_node, kubeconfig, tmp_path / "s")
 
     def summary() -> dict[str, Any] | None:
-        s = kubelet.get("/stats/summary").json()
+        s: dict[str, Any] = kubelet.get("/stats/summary").json()
         pods = {p["podRef"]["name"]: p for p in s["pods"] if p["podRef"]["namespace"] == ns}
         if "stress" in pods and pods["stress"]["cpu"].get("usageNanoCores", 0) > 0:
             return s
@@ -249,7 +249,9 @@ def test_metrics_endpoint_reports_health_and_per_process_figures(
         ),
     )
     eventually(
-        lambda: client.get(Pod, "fails", namespace=ns).status.phase == "Failed", timeout=60, what="pod fails"
+        lambda: not_none(client.get(Pod, "fails", namespace=ns).status).phase == "Failed",
+        timeout=60,
+        what="pod fails",
     )
     kubelet = Kubelet(stress_node, kubeconfig, tmp_path / "s")
 
@@ -332,9 +334,11 @@ def test_per_pod_addresses_let_replicas_share_a_port(
     assert all(p.status.podIPs[0].ip == p.status.podIP for p in pods)
     # each replica listens on the same port of its own address and knows that address as $POD_IP
     for ip in ips:
-        assert eventually(
-            lambda ip=ip: fetch(f"http://{ip}:18080/ip") == ip, timeout=30, what=f"server on {ip}"
-        )
+
+        def serves_its_address(ip: str = ip) -> bool:
+            return fetch(f"http://{ip}:18080/ip") == ip
+
+        assert eventually(serves_its_address, timeout=30, what=f"server on {ip}")
     assert all(cs.restartCount == 0 for p in pods for cs in p.status.containerStatuses)
 
 
@@ -347,8 +351,12 @@ def test_shared_address_replicas_collide_on_a_port(
 
     def collided() -> bool:
         pods = list(client.list(Pod, namespace=ns, labels={"app": "web"}))
-        restarts = [cs.restartCount for p in pods for cs in p.status.containerStatuses or []]
-        return len(pods) == 2 and {p.status.podIP for p in pods} == {"127.0.0.1"} and max(restarts or [0]) > 0
+        restarts = [cs.restartCount for p in pods for cs in not_none(p.status).containerStatuses or []]
+        return (
+            len(pods) == 2
+            and {not_none(p.status).podIP for p in pods} == {"127.0.0.1"}
+            and max(restarts or [0]) > 0
+        )
 
     eventually(collided, timeout=90, what="the second replica failing to bind the shared address")
     assert fetch("http://127.0.0.1:18080/ip") == "127.0.0.1"
@@ -376,10 +384,13 @@ def test_endpoint_slices_list_one_endpoint_per_pod(
     apply(client, ns, service)
     pods = running_pods(client, ns, "svc", 3)
 
-    def endpoints() -> dict[str, str] | None:
+    def endpoints() -> dict[str | None, str] | None:
         slices = list(client.list(EndpointSlice, namespace=ns, labels={"kubernetes.io/service-name": "svc"}))
         eps = {
-            e.targetRef.name: e.addresses[0] for s in slices for e in s.endpoints or [] if e.conditions.ready
+            not_none(e.targetRef).name: e.addresses[0]
+            for s in slices
+            for e in s.endpoints or []
+            if not_none(e.conditions).ready
         }
         return eps if len(eps) == 3 else None
 
@@ -426,22 +437,25 @@ def test_per_pod_address_survives_a_jrm_restart(
     jrm.wait_ready(client)
     sleeper = {"name": "c", "image": "sleep", "command": ["sleep", "3600"]}
     apply(client, ns, pod_on(jrm.node_name, "keep", [sleeper]))
-    ip = eventually(lambda: client.get(Pod, "keep", namespace=ns).status.podIP, timeout=60, what="an address")
+    ip = eventually(
+        lambda: not_none(client.get(Pod, "keep", namespace=ns).status).podIP, timeout=60, what="an address"
+    )
     jrm.kill9()
     again = type(jrm)(jrm.node_name, jrm.workdir, jrm.kubeconfig, jrm.log, jrm.env).start()
     try:
         again.wait_ready(client)
         apply(client, ns, pod_on(jrm.node_name, "new", [sleeper]))
         new_ip = eventually(
-            lambda: client.get(Pod, "new", namespace=ns).status.podIP,
+            lambda: not_none(client.get(Pod, "new", namespace=ns).status).podIP,
             timeout=60,
             what="an address for the new pod",
         )
         time.sleep(2)  # let the adopted pod's status settle
         keep = client.get(Pod, "keep", namespace=ns)
-        assert keep.status.podIP == ip and keep.status.containerStatuses[0].restartCount == 0
+        status = not_none(keep.status)
+        assert status.podIP == ip and not_none(status.containerStatuses)[0].restartCount == 0
         assert new_ip != ip
         stored = yaml.safe_load((jrm.workdir / ".addresses.json").read_text())
-        assert stored["allocations"][keep.metadata.uid] == ip
+        assert stored["allocations"][not_none(keep.metadata).uid] == ip
     finally:
         assert again.terminate() == 0

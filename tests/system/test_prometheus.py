@@ -33,7 +33,7 @@ from lightkube.resources.core_v1 import Pod
 from jiriaf.devcluster import build
 from jiriaf.devcluster.cluster import free_port
 from jiriaf.monitor.prometheus_server import PrometheusServer, find_prometheus
-from support import eventually
+from support import eventually, not_none
 
 pytestmark = pytest.mark.system
 
@@ -177,7 +177,7 @@ def test_prometheus_scrapes_jrms_and_pods_with_the_generated_configuration(
 
     def all_running() -> bool:
         pods = list(client.list(Pod, namespace=ns))
-        return len(pods) == 6 and all(p.status.phase == "Running" for p in pods)
+        return len(pods) == 6 and all(not_none(p.status).phase == "Running" for p in pods)
 
     eventually(all_running, timeout=120, what="six Running pods")
 
@@ -244,7 +244,7 @@ def _check_queries(server: PrometheusServer, ns: str, node_a: str, node_b: str) 
         f'sum by (pod) (rate(jiriaf_container_cpu_seconds_total{{namespace="{ns}", pod="stress"}}[20s]))'
     )
     cpu = eventually(
-        lambda: (r := server.query(stress_cpu)) and float(r[0]["value"][1]) > 0.1 and r,
+        lambda: r if (r := server.query(stress_cpu)) and float(r[0]["value"][1]) > 0.1 else None,
         timeout=90,
         interval=2,
         what="stress CPU",

@@ -16,7 +16,6 @@ from typing import Any
 import httpx2
 import pytest
 import pytest_asyncio
-from dashboard_seed import World, seed
 
 from jiriaf.dashboard import STATIC_DIR, mount_dashboard
 from jiriaf.dashboard.clusterview import NO_KUBERNETES
@@ -24,6 +23,7 @@ from jiriaf.jcs.api import create_app
 from jiriaf.jcs.db import Database
 from jiriaf.jcs.service import Jcs
 from jiriaf.jcs.settings import JcsSettings
+from unit.dashboard.dashboard_seed import World, seed
 
 pytestmark = pytest.mark.unit
 

@@ -104,7 +104,12 @@ def test_render_pods_jobs_and_plain_objects() -> None:
         "metadata": {"name": "j"},
         "spec": {"template": {"spec": {}}},
     }
-    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "b"}}
+    cm: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "c"},
+        "data": {"a": "b"},
+    }
     p, j, c = render([pod, job, cm], owner="o", request_id=1, namespace="default", nodes=["n"])
     assert p["metadata"]["labels"]["jiriaf.io/request"] == "1"
     assert p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] == {
@@ -319,7 +324,7 @@ def test_request_spec_checks() -> None:
     base: dict[str, Any] = {"name": "a", "walltime": "1h", "workflow": {"manifests": [DEPLOY]}}
     spec = RequestSpec.model_validate({**base, "deadline": "2030-01-01T00:00:00"})
     assert spec.deadline is not None and spec.deadline.tzinfo is UTC and spec.walltime == 3600
-    for changes, words in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"sites": ["a", "a"]}, "a site appears twice"),
         ({"actions": [{"name": "x", "kind": "env", "deployment": "d", "env": "E"}] * 2}, "same name"),
         ({"actions": [{"name": "scale", "kind": "env", "deployment": "d", "env": "E"}]}, "built-in action"),
@@ -335,7 +340,8 @@ def test_request_spec_checks() -> None:
             },
             "needs apiVersion 'apps/v1'",
         ),
-    ]:
+    ]
+    for changes, words in cases:
         body = {**base, **changes}
         if changes.get("namespace") == "other":
             body["workflow"] = {"manifests": [{**DEPLOY, "metadata": {"name": "w", "namespace": "default"}}]}

@@ -132,7 +132,7 @@ def test_short_drop_while_a_child_waits_as_zombie_is_hidden_then_growth_resumes(
 
 def test_counters_never_decrease() -> None:
     acc = ContainerAccount(REF)
-    seen = []
+    seen: list[float] = []
     for user, cuser in [(1.0, 0.0), (0.5, 0.0), (0.7, 0.0), (2.0, 1.0)]:
         seen.append(total(acc.update([proc(10, user=user, cuser=cuser)], now=len(seen) + 1.0)))
     assert seen == sorted(seen)

@@ -41,7 +41,8 @@ def test_default_cidr_is_a_stable_slash16_in_loopback_outside_127_0() -> None:
     cidr = default_pod_cidr("node-a")
     assert cidr == default_pod_cidr("node-a")
     net = ipaddress.ip_network(cidr)
-    assert net.prefixlen == 16 and net.subnet_of(ipaddress.ip_network("127.0.0.0/8"))
+    assert isinstance(net, ipaddress.IPv4Network)  # as subnet_of of 127.0.0.0/8 requires
+    assert net.prefixlen == 16 and net.subnet_of(ipaddress.IPv4Network("127.0.0.0/8"))
     assert not net.overlaps(ipaddress.ip_network("127.0.0.0/16"))
     assert (
         len({default_pod_cidr(f"n{i}") for i in range(20)}) > 10

@@ -11,11 +11,12 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from typing import TypeGuard
 
 import psutil
 import pytest
 
-from jiriaf.jrm.metrics import ContainerRef, ContainerUsage, Sampler, read_process
+from jiriaf.jrm.metrics import ContainerRef, ContainerUsage, ProcessReading, Sampler, read_process
 from jiriaf.jrm.runtime.processes import MARKER_ENV, read_stat
 from support import eventually
 
@@ -72,7 +73,7 @@ def test_finds_every_process_including_a_leaver_and_tells_them_apart(containers:
     b = start(containers, "sleep 60 & wait")
     sampler = Sampler()
 
-    def settled(u: ContainerUsage | None, names: set[str]) -> bool:
+    def settled(u: ContainerUsage | None, names: set[str]) -> TypeGuard[ContainerUsage]:
         """Every process has exec'd its program (a fresh fork still bears its parent's name)."""
         return u is not None and {p.name.rstrip("0123456789.") for p in u.processes} == names
 
@@ -80,24 +81,23 @@ def test_finds_every_process_including_a_leaver_and_tells_them_apart(containers:
         s = sampler.sample([a.ref, b.ref])
         ua, ub = only(s.containers, a.ref), only(s.containers, b.ref)
         if settled(ua, {"sh", "python", "sleep"}) and settled(ub, {"sh", "sleep"}):
-            leaver = next(p for p in ua.processes if p.name == "sleep")  # type: ignore[union-attr]
+            leaver = next(p for p in ua.processes if p.name == "sleep")
             if leaver.pgid != a.proc.pid:  # it left the group with setsid and is still counted
-                return ua, ub  # type: ignore[return-value]
+                return ua, ub
         return None
 
     ua, ub = eventually(both, timeout=30, what="both containers with all their processes")
     assert len(ua.processes) == 3 and len(ub.processes) == 2
     assert {p.pid for p in ua.processes}.isdisjoint({p.pid for p in ub.processes})
+
     # the burning process is the one with the CPU; the others have (almost) none
+    def burning_process() -> ProcessReading | None:
+        u = only(sampler.sample([a.ref]).containers, a.ref)
+        assert u is not None  # eventually retries until the container is sampled
+        return next((p for p in u.processes if p.cpu_user + p.cpu_system > 0.2), None)
+
     burning = eventually(
-        lambda: next(
-            (
-                p
-                for p in only(sampler.sample([a.ref]).containers, a.ref).processes
-                if p.cpu_user + p.cpu_system > 0.2
-            ),  # type: ignore[union-attr]
-            None,
-        ),
+        burning_process,
         timeout=30,
         what="CPU of the burning process",
     )

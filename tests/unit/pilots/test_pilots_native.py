@@ -23,7 +23,8 @@ def test_find_commands() -> None:
     assert bn.find_command("pbspro", "n") == ["qselect", "-x", "-N", "n"]
     assert bn.find_command("torque", "n") == ["qselect", "-N", "n"]
     assert bn.find_command("lsf", "n") == ["bjobs", "-a", "-J", "n", "-o", "jobid", "-noheader"]
-    assert bn.find_command("flux", "n")[:3] == ["flux", "jobs", "-a"]
+    flux = bn.find_command("flux", "n")
+    assert flux is not None and flux[:3] == ["flux", "jobs", "-a"]
     assert bn.find_command("cobalt", "n") is None
 
 

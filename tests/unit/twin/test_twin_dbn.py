@@ -32,7 +32,9 @@ def gauss(y: float, m: float, s: float) -> float:
     return math.exp(-0.5 * ((y - m) / s) ** 2) / (s * math.sqrt(2 * math.pi))
 
 
-def brute_force(model: TwinModel, lq: list[float], threads: list[int]):
+def brute_force(
+    model: TwinModel, lq: list[float], threads: list[int]
+) -> tuple[list[list[float]], list[list[float]], float]:
     """Joint over all state paths, by enumeration: marginals and the data likelihood."""
     t_len, s = len(lq), model.n_states
     cs = [model.controls.index(n) for n in threads]

@@ -11,32 +11,33 @@ import pytest
 from jiriaf.errors import UserError
 from jiriaf.twin import reference
 from jiriaf.twin.fitting import (
+    FitReport,
     Recording,
     fit_recording,
     generate_training_runs,
     read_recording,
     write_recording,
 )
-from jiriaf.twin.model import load_model, save_model
+from jiriaf.twin.model import TwinModel, load_model, save_model
 from jiriaf.twin.policy import PlannerReward, ThresholdPolicy, ValueIterationPolicy, value_iteration
 from jiriaf.twin.reproduction import run_paper_scenario
-from jiriaf.twin.scenario import ideal_threads, lag_events, tracking_error
+from jiriaf.twin.scenario import Trajectory, ideal_threads, lag_events, tracking_error
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")
-def fitted():
+def fitted() -> FitReport:
     rec, _ = generate_training_runs(runs=12, steps=100, seed=7)
     return fit_recording(rec, max_iter=40)
 
 
-def lags(traj) -> dict[str, list[int | None]]:
+def lags(traj: Trajectory) -> dict[str, list[int | None]]:
     events = lag_events(ideal_threads(traj.true_state), traj.threads)
     return {k: [e.lag for e in events if e.kind == k] for k in ("rise", "fall")}
 
 
-def test_em_fit_moves_observation_means_to_the_observed_table(fitted) -> None:
+def test_em_fit_moves_observation_means_to_the_observed_table(fitted: FitReport) -> None:
     m = fitted.model
     assert m.log_space and fitted.method == "em"
     assert fitted.log_likelihood[-1] > fitted.log_likelihood[0]
@@ -48,11 +49,11 @@ def test_em_fit_moves_observation_means_to_the_observed_table(fitted) -> None:
     assert np.all(np.diag(m.transition[0]) > 0.7)
 
 
-def scenario_model(model):
+def scenario_model(model: TwinModel) -> TwinModel:
     return replace(model, prior=reference.reference_model().prior.copy())
 
 
-def test_fitted_twin_tracks_falls_faster_and_rises_as_fast(fitted) -> None:
+def test_fitted_twin_tracks_falls_faster_and_rises_as_fast(fitted: FitReport) -> None:
     ref_model = reference.reference_model()
     model = scenario_model(fitted.model)
     ref = run_paper_scenario(ref_model, ThresholdPolicy(ref_model), 80)
@@ -65,7 +66,7 @@ def test_fitted_twin_tracks_falls_faster_and_rises_as_fast(fitted) -> None:
     assert np.mean(tracking_error(fit)[22:42]) < 0.5 * np.mean(tracking_error(ref)[22:42])
 
 
-def test_planner_policy_on_the_fitted_twin_switches_back(fitted) -> None:
+def test_planner_policy_on_the_fitted_twin_switches_back(fitted: FitReport) -> None:
     model = scenario_model(fitted.model)
     traj = run_paper_scenario(model, ValueIterationPolicy(model), 80)
     got = lags(traj)

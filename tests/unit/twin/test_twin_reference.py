@@ -14,7 +14,7 @@ import pytest
 
 from jiriaf.twin import dbn, reference
 from jiriaf.twin.policy import ThresholdPolicy, original_planner_q
-from jiriaf.twin.scenario import ideal_threads, lag_events, run_closed_loop, switch_steps
+from jiriaf.twin.scenario import Trajectory, ideal_threads, lag_events, run_closed_loop, switch_steps
 
 pytestmark = pytest.mark.unit
 
@@ -55,7 +55,7 @@ def hand_propagate(b: list[float]) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def paper_run():
+def paper_run() -> Trajectory:
     model = reference.reference_model()
     x = reference.ground_truth(80)
     return run_closed_loop(model, ThresholdPolicy(model), x, reference.true_state(x), reference.measure)
@@ -100,7 +100,7 @@ def test_measurement_interpolates_the_observed_table() -> None:
     assert reference.measure(0.0, 32) == pytest.approx(1.56)
 
 
-def test_first_steps_match_hand_computation(paper_run) -> None:
+def test_first_steps_match_hand_computation(paper_run: Trajectory) -> None:
     # step 0: prior is surely state 0, so P(state >= 2) = 0 and 16 threads run; 32 is observed
     assert paper_run.threads[0] == 16
     assert paper_run.lq[0] == 32.0
@@ -122,7 +122,7 @@ def test_first_steps_match_hand_computation(paper_run) -> None:
     assert [int(np.argmax(paper_run.filtered[t])) for t in range(6)] == [0, 0, 1, 1, 1, 2]
 
 
-def test_first_32_thread_step_matches_hand_computation(paper_run) -> None:
+def test_first_32_thread_step_matches_hand_computation(paper_run: Trajectory) -> None:
     # step 5 (x = 2.0) observed 58 under 16 threads: surely state 2, so step 6 runs 32 threads
     assert paper_run.threads[5] == 16 and paper_run.threads[6] == 32
     pred = hand_transition_row(2)  # prediction from a one-hot state 2
@@ -134,7 +134,7 @@ def test_first_32_thread_step_matches_hand_computation(paper_run) -> None:
     assert post[2] == pytest.approx(0.9775994, abs=1e-6)
 
 
-def test_switching_steps_and_lags_of_the_reference(paper_run) -> None:
+def test_switching_steps_and_lags_of_the_reference(paper_run: Trajectory) -> None:
     assert switch_steps(paper_run.threads) == [(6, 32), (37, 16), (46, 32), (77, 16)]
     events = lag_events(ideal_threads(paper_run.true_state), paper_run.threads)
     assert [(e.kind, e.true_step, e.lag) for e in events] == [
@@ -145,7 +145,7 @@ def test_switching_steps_and_lags_of_the_reference(paper_run) -> None:
     ]
 
 
-def test_switch_back_happens_when_p_high_drops_below_half(paper_run) -> None:
+def test_switch_back_happens_when_p_high_drops_below_half(paper_run: Trajectory) -> None:
     # the belief drifts away from state 4 while 1.936 is observed under 32 threads (steps 30..36)
     p36 = float(paper_run.predicted[36][2:].sum())
     p37 = float(paper_run.predicted[37][2:].sum())
@@ -153,7 +153,7 @@ def test_switch_back_happens_when_p_high_drops_below_half(paper_run) -> None:
     assert p37 == pytest.approx(0.49274, abs=1e-5)
 
 
-def test_plateau_posterior_is_the_fixed_point_of_the_32_thread_filter(paper_run) -> None:
+def test_plateau_posterior_is_the_fixed_point_of_the_32_thread_filter(paper_run: Trajectory) -> None:
     # independent: iterate the plain-Python filter with obs 3.56 under 32 threads until it settles
     b = [0.0, 0.0, 0.0, 0.0, 1.0]
     post = b
@@ -167,7 +167,7 @@ def test_plateau_posterior_is_the_fixed_point_of_the_32_thread_filter(paper_run)
     )
 
 
-def test_matches_the_original_twins_logged_smoothing_and_prediction(paper_run) -> None:
+def test_matches_the_original_twins_logged_smoothing_and_prediction(paper_run: Trajectory) -> None:
     """Smoothed D6 and the 11-step prediction after 16 observations, as logged by the original."""
     model = reference.reference_model()
     seq = dbn.ObservedSequence(paper_run.lq[:16], paper_run.threads[:16])
@@ -199,7 +199,7 @@ def test_matches_the_original_twins_logged_smoothing_and_prediction(paper_run) -
     assert pred[10].tolist() == pytest.approx(logged_last, rel=1e-8)
 
 
-def test_eleven_step_prediction_is_repeated_transition(paper_run) -> None:
+def test_eleven_step_prediction_is_repeated_transition(paper_run: Trajectory) -> None:
     assert paper_run.forecast.shape == (11, 5)
     b = paper_run.filtered[-1].tolist()
     for k in range(11):

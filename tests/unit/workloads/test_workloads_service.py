@@ -105,11 +105,16 @@ def test_shrink_then_grow_before_workers_leave_keeps_one_worker_per_slot() -> No
 def test_one_worker_serves_in_fifo_order_and_reports_each_item() -> None:
     done: list[tuple[int, float, float]] = []
     ready: list[float] = []
+
+    def on_done(i: int, r: float, s: float, f: float) -> None:
+        done.append((i, s, f))
+        ready.append(r)
+
     pool = WorkerPool(
         filled(20),
         ServiceCost(own=0.001, contention=0.001, random=False),
         1,
-        on_done=lambda i, r, s, f: (done.append((i, s, f)), ready.append(r)),
+        on_done=on_done,
     )
     try:
         pool.start()
@@ -136,7 +141,11 @@ def test_an_event_that_finds_a_free_worker_has_not_queued() -> None:
     try:
         for seq in range(10):  # one at a time: every event finds idle workers
             assert receiver.accept(Event(seq, time.time(), 0))
-            eventually(lambda n=seq + 1: receiver.pool.processed == n, timeout=30, what=f"event {seq}")
+
+            def processed(n: int = seq + 1) -> bool:
+                return receiver.pool.processed == n
+
+            eventually(processed, timeout=30, what=f"event {seq}")
     finally:
         receiver.pool.stop()
     # only the thread hand-off lay between queueing and service: no wait for a server is counted
