@@ -1,11 +1,15 @@
 """The pod controller: reconciles the pods bound to this node (desired, from the API) with the
 runtime (actual, process groups), one worker task per pod.
 
-A worker is woken by pod events, container exits, probe results and timers; each wake runs
-:meth:`PodWorker.sync`, which is idempotent: it looks at the pod and at the runtime's facts and
-does the next thing (prepare volumes, run init containers in order, start or restart app
-containers with back-off, enforce ``activeDeadlineSeconds``, terminate on deletion) and patches
-the pod status only when it changed.
+A worker is woken by pod events, container exits (the runtime's exit listener), probe results and
+its own timers (the end of a restart back-off, ``activeDeadlineSeconds``), with a resync every
+``RESYNC_SECONDS`` as a safety net, or every ``POLL_SECONDS`` while the last sync failed, the pod's
+volumes are not ready, or the runtime cannot report exits. Each wake runs :meth:`PodWorker.sync`,
+which is idempotent: it looks at the pod and at the runtime's facts and does the next thing
+(prepare volumes, run init containers in order, start or restart app containers with back-off,
+enforce ``activeDeadlineSeconds``, terminate on deletion) and patches the pod status only when it
+changed. (An idle JRM then costs the control plane nothing and itself little per pod; the kubelet
+similarly relies on its pod lifecycle events and resyncs pods only every minute.)
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ TERMINAL = ("Succeeded", "Failed")
 # files the process runtime keeps in a container directory: no mountPath may take their place
 RUNTIME_FILES = ("pgid", "exit", "run.json", ".env.json", ".previous", "stdout", "stderr")
 POLL_SECONDS = 1.0
+RESYNC_SECONDS = 10.0
 CONFIG_RETRY_SECONDS = 5.0
 
 
@@ -182,22 +187,40 @@ class PodWorker:
         try:
             while not self.finished:
                 began = time.monotonic()
+                self.wake.clear()  # before the sync: a wake while it runs brings another sync
+                failed = False
                 try:
                     await self.sync()
                 except asyncio.CancelledError:
                     raise
                 except Exception:
+                    failed = True
                     log.exception("sync of pod %s/%s failed", self.namespace, self.name)
                 if self.c.sync_observer is not None:
                     self.c.sync_observer(time.monotonic() - began)
                 if self.finished:
                     break
-                self.wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), timeout=None if self.terminal else POLL_SECONDS)
+                    await asyncio.wait_for(self.wake.wait(), timeout=self.next_wake(time.time(), failed))
         finally:
             for cs in self.containers.values():
                 await _cancel(cs.probe_task)
+
+    def next_wake(self, now: float, failed: bool = False) -> float | None:
+        """Seconds until this worker must sync again without being woken (None: only when woken)."""
+        if self.terminal:
+            return None
+        if failed or not self.prepared or not self.c.runtime.notifies_exits:
+            return POLL_SECONDS
+        due = [RESYNC_SECONDS]
+        for cs in self.containers.values():
+            waiting = cs.facts is None or not cs.facts.running
+            if not cs.done and waiting and cs.final is not None and cs.backoff_until > now:
+                due.append(cs.backoff_until - now)
+        deadline = (self.pod.get("spec") or {}).get("activeDeadlineSeconds")
+        if deadline is not None and self.start_time is not None:
+            due.append(self.start_time + float(deadline) - now)
+        return max(0.01, min(due))
 
     # ------------------------------------------------------------------ sync
     async def sync(self) -> None:
@@ -267,6 +290,12 @@ class PodWorker:
     async def _handle_exit(self, cs: ContainerState, facts: ContainerFacts, now: float) -> None:
         """Record the exit of the latest run and decide between restart (with back-off) and done."""
         cs.handled_exit = facts.started_at
+        if (
+            facts.started_at
+            and facts.finished_at
+            and facts.finished_at - facts.started_at > status.BACKOFF_RESET_SECONDS
+        ):
+            cs.backoff_count = 0  # it ran long enough: a crash now starts the back-off afresh
         await _cancel(cs.probe_task)
         cs.probe_task = None
         cs.ready = False
@@ -717,6 +746,7 @@ class PodController:
         self.recorder = recorder
         self.workers: dict[str, PodWorker] = {}
         self.adopted: dict[str, list[ContainerFacts]] = {}
+        runtime.exit_listener = self.container_exited
         self.accepting = True
         self.containers_started = 0
         self.container_failures = 0  # runs that ended with a non-zero code, and failed starts
@@ -751,6 +781,12 @@ class PodController:
         if self.addresses.pool is None:
             return self.settings.node_ip
         return self.addresses.address_for(pod, live=self.workers.keys() | self.adopted.keys())
+
+    def container_exited(self, key: ContainerKey) -> None:
+        """The runtime saw a run of ``key`` end: its pod's worker syncs now."""
+        worker = self.workers.get(key.pod_uid)
+        if worker is not None:
+            worker.wake.set()
 
     def adopt_existing(self) -> None:
         """Learn the containers that survived a JRM restart (adopted, never restarted)."""

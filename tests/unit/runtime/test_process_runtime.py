@@ -33,6 +33,7 @@ from jiriaf.jrm.runtime.processes import (
     signal_all,
     take_snapshot,
 )
+from support import not_none
 
 pytestmark = pytest.mark.unit
 
@@ -189,6 +190,43 @@ async def test_exit_codes(env: Env, variant: str, script: str, code: int) -> Non
     assert facts.pid == started.pid and facts.pids == []
     record = read_exit_file(pgid_file.parent / "exit")
     assert record is not None and record.code == code
+
+
+@pytest.mark.parametrize("variant", ["default", "popen-polling"])
+async def test_each_exit_is_passed_once_to_the_exit_listener(env: Env, variant: str) -> None:
+    """The pod controller wakes a pod on these calls instead of polling: every end of a run that a
+    runtime notices after start() or adopt() is reported once, with final facts, whether the run
+    ended by itself, by stop() or after it was adopted (runs that ended while no runtime watched
+    are in adopt()'s answer instead)."""
+    seen: dict[str, list[tuple[str, int | None]]] = {"first": [], "second": []}
+
+    def listen(rt: ProcessRuntime, name: str) -> None:
+        def record(key: ContainerKey) -> None:
+            facts = rt.inspect(key)
+            seen[name].append((key.pod, facts.exit_code if facts and not facts.running else None))
+
+        rt.exit_listener = record
+
+    rt = env.runtime(**RUNTIME_VARIANTS[variant])
+    listen(rt, "first")
+    assert rt.notifies_exits
+    done, stopped, adopted = env.key("done"), env.key("stopped"), env.key("adopted")
+    await rt.start(env.launch(done, ["sh", "-c", "exit 4"]))
+    await rt.start(env.launch(stopped, ["sleep", "1000"]))
+    await until(lambda: len(seen["first"]) == 1, "the exit of 'done'")
+    await rt.stop(stopped, 5)
+    await until(lambda: len(seen["first"]) == 2, "the exit of 'stopped'")
+    await rt.start(env.launch(adopted, ["sleep", "1000"]))
+    rt.close()  # a JRM restart: the next runtime adopts the running container and watches it
+    rt2 = env.runtime(**RUNTIME_VARIANTS[variant])
+    listen(rt2, "second")
+    assert [f.key for f in rt2.adopt() if f.running] == [adopted]
+    os.killpg(not_none(_facts(rt2, adopted).pgid), signal.SIGTERM)
+    await until(lambda: len(seen["second"]) >= 1, "the exit of the adopted container")
+    await asyncio.sleep(0.2)  # nothing is reported twice
+    term = 128 + signal.SIGTERM
+    assert seen["first"] == [("done", 4), ("stopped", term)]
+    assert seen["second"] == [("adopted", term)]
 
 
 async def test_output_is_captured(env: Env) -> None:

@@ -4,11 +4,14 @@ In the spirit of virtual-kubelet's provider interface, the Kubernetes side never
 processes are run. It hands a :class:`ContainerLaunch` to :meth:`Runtime.start`, stops with
 :meth:`Runtime.stop`, and learns facts with :meth:`Runtime.inspect`. After a restart of the JRM,
 :meth:`Runtime.adopt` rebuilds the facts of every container from what is on disk and in /proc.
+A runtime that notices exits itself (``notifies_exits``) calls :attr:`Runtime.exit_listener` with the
+container's key, so the controller reacts to an exit at once instead of polling for it.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +61,11 @@ class ContainerFacts:
 
 class Runtime(abc.ABC):
     """Start, stop, inspect and adopt containers run as process groups (or anything else)."""
+
+    # True when the runtime calls ``exit_listener`` (in the event loop) each time a run it started
+    # or adopted ends; inspect() then already gives the final facts
+    notifies_exits: bool = False
+    exit_listener: Callable[[ContainerKey], None] | None = None
 
     @abc.abstractmethod
     async def start(self, launch: ContainerLaunch) -> ContainerFacts:

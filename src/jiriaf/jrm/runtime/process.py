@@ -371,6 +371,7 @@ class ProcessRuntime(Runtime):
     in the event loop (or, on kernels without pidfds, by polling every ``poll_interval`` seconds);
     adopted processes are watched the same way, since a pidfd works for any process. (asyncio's
     subprocess watcher on Python 3.11 costs one thread per child: too much for 500 containers.)
+    Each exit noticed is passed to ``exit_listener``.
 
     Parameters (keyword-only, mostly for tests and old systems):
     ``shell``: the shim's sh (default: dash if found, else /bin/sh with the exact-environment helper);
@@ -381,6 +382,8 @@ class ProcessRuntime(Runtime):
     ``shim_exit_timeout``: how long ``stop()`` lets the shim record its child's status;
     ``helper_python``: interpreter of the exact-environment helper (default: the JRM's own).
     """
+
+    notifies_exits = True
 
     def __init__(
         self,
@@ -711,6 +714,11 @@ class ProcessRuntime(Runtime):
         with contextlib.suppress(OSError):
             (run.container_dir / ENV_FILE).unlink()
         run.ended.set()
+        if self.exit_listener is not None and self._runs.get(run.key) is run:  # not in adopt()'s scan
+            try:
+                self.exit_listener(run.key)
+            except Exception:  # a listener's bug must not stop exits from being recorded
+                log.exception("exit listener failed for %s", run.key)
         if self._kill_leftovers and not run.stopping and self._loop is not None:
             run.cleanup = self._spawn_task(self._kill_remaining(run, after=time.monotonic()))
 
