@@ -228,12 +228,12 @@ def main() -> None:
     for count in pods:
         k = next(r for r in pod_rows if r["pods"] == count and r["target"] == "kwok")
         j = next(r for r in pod_rows if r["pods"] == count and r["target"] == "jrm")
-        table.add_row(str(count), "kwok", f"{k['rss']:.0f}", f"{k['cpu']:.1f}", "", "")
+        table.add_row(str(count), "kwok", f"{k['rss']:.0f}", f"{k['cpu']:.2f}", "", "")
         table.add_row(
             str(count),
             "jrm",
             f"{j['rss']:.0f}",
-            f"{j['cpu']:.1f}",
+            f"{j['cpu']:.2f}",
             ratio(j["rss"], k["rss"]),
             ratio(j["cpu"], k["cpu"]),
         )
@@ -255,7 +255,7 @@ def main() -> None:
         for r in (kw, jr):
             extra = ratio(jr["api_cpu"], kw["api_cpu"]) if r is jr else ""
             table.add_row(
-                str(n), r["target"], f"{r['api_cpu']:.1f}", f"{r['agent_cpu']:.1f}", f"{r['rss']:.0f}", extra
+                str(n), r["target"], f"{r['api_cpu']:.1f}", f"{r['agent_cpu']:.2f}", f"{r['rss']:.0f}", extra
             )
     console.print(table)
     console.print(f"logs: {tmp}")
