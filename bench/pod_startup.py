@@ -27,6 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx2
 from rich.console import Console
 from rich.table import Table
 
@@ -82,18 +83,34 @@ async def burst(client: Any, node: str, count: int) -> tuple[list[float], float]
     done = asyncio.Event()
 
     async def watch() -> None:
-        params = {"watch": "1", "timeoutSeconds": "600"}
-        async with client.stream("GET", f"/api/v1/namespaces/{ns}/pods", params=params, timeout=None) as resp:
-            async for line in resp.aiter_lines():
-                if not line:
-                    continue
-                obj = json.loads(line).get("object", {})
-                name = obj.get("metadata", {}).get("name")
-                if obj.get("status", {}).get("phase") == "Running" and name not in running:
-                    running[name] = time.monotonic()
-                    if len(running) == count:
-                        done.set()
-                        return
+        """Record when each pod is first seen Running; a broken stream resumes where it stopped."""
+        version = ""
+        while True:
+            params = {"watch": "1", "timeoutSeconds": "600", "allowWatchBookmarks": "true"}
+            if version:
+                params["resourceVersion"] = version
+            try:
+                async with client.stream(
+                    "GET", f"/api/v1/namespaces/{ns}/pods", params=params, timeout=None
+                ) as resp:
+                    async for line in resp.aiter_lines():
+                        if not line:
+                            continue
+                        event = json.loads(line)
+                        obj = event.get("object", {})
+                        if event.get("type") == "ERROR":  # 410 Gone: start again from now
+                            version = ""
+                            break
+                        version = obj.get("metadata", {}).get("resourceVersion") or version
+                        name = obj.get("metadata", {}).get("name")
+                        if obj.get("status", {}).get("phase") == "Running" and name not in running:
+                            running[name] = time.monotonic()
+                            if len(running) == count:
+                                done.set()
+                                return
+            except (httpx2.HTTPError, json.JSONDecodeError) as exc:
+                console.print(f"[yellow]watch of {ns} broke ({exc!r}); resuming[/yellow]")
+            await asyncio.sleep(0.2)
 
     watcher = asyncio.create_task(watch())
     await asyncio.sleep(0.2)
@@ -127,6 +144,9 @@ async def burst(client: Any, node: str, count: int) -> tuple[list[float], float]
     await asyncio.gather(*(make(i) for i in range(count)))
     try:
         await asyncio.wait_for(done.wait(), timeout=600)
+    except TimeoutError:
+        missing = count - len(running)
+        raise SystemExit(f"error: {missing} of {count} pods on {node} not Running after 600 s") from None
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
