@@ -102,14 +102,17 @@ class Agent:
         tasks: list[asyncio.Task[Any]] = []
         try:
             pods.adopt_existing()
-            await self._register(node)
-            monitoring = self.monitoring = Monitoring(
+            self.monitoring = Monitoring(
                 settings,
                 pods,
                 api_errors=lambda: node.api_errors,
                 relists=lambda: self.informer.stats.relists if self.informer else 0,
             )
+            monitoring = self.monitoring
+            # listening before the Node exists: a Ready node's kubelet endpoint always answers, and a
+            # port that cannot be bound stops the JRM before it registers anything
             self.server = await self._start_server(client, pods)
+            await self._register(node)
             informer = self.informer = Informer(
                 client,
                 "/api/v1/pods",

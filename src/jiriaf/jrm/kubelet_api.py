@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx2
 
+from jiriaf.errors import UserError
 from jiriaf.jrm.auth import Authenticator
 from jiriaf.jrm.exporter import Monitoring
 from jiriaf.jrm.pods import PodController
@@ -83,5 +84,11 @@ async def start_kubelet_api(
     )
     if monitoring is not None:
         monitoring.add_routes(server)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as exc:
+        raise UserError(
+            f"the kubelet API cannot listen on {server.host}:{server.port} ({exc.strerror or exc}); "
+            "choose a free KUBELET_PORT (--kubelet-port)"
+        ) from exc
     return server
