@@ -35,18 +35,10 @@ from rich.table import Table
 
 from jiriaf.devcluster.cluster import LocalCluster, free_port
 from jiriaf.monitor.prometheus import api_access_from_kubeconfig
-from pod_startup import delete_namespace, run_sleep_pods
+from pod_startup import delete_namespace, percentile, run_sleep_pods
 
 console = Console()
-TOLERATIONS = [{"key": "virtual-kubelet.io/provider", "operator": "Exists", "effect": "NoSchedule"}]
 ENDPOINTS = ("/metrics", "/metrics/resource", "/stats/summary")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def kubelet_client(kubeconfig: Path, port: int, secrets: Path) -> httpx2.Client:

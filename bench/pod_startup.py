@@ -67,17 +67,36 @@ async def wait_node_ready(client: Any, name: str, timeout: float = 120) -> None:
     raise RuntimeError(f"node {name} not ready after {timeout}s")
 
 
-async def burst(client: Any, node: str, count: int) -> tuple[list[float], float]:
-    """Create ``count`` pods for ``node``; return their create->Running latencies and the pods/s."""
-    ns = f"bench-{node[:20]}-{count}-{uuid.uuid4().hex[:4]}"
+async def create_namespace(client: Any, ns: str) -> None:
+    """Create ``ns`` and wait for its default service account (pods are refused until it exists)."""
     await create(
         client, "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
     )
-    # the service-account controller must create the default account before pods are admitted
     for _ in range(200):
         if (await client.get(f"/api/v1/namespaces/{ns}/serviceaccounts/default")).status_code == 200:
-            break
+            return
         await asyncio.sleep(0.1)
+
+
+def sleep_pod(ns: str, name: str, node: str, **container: Any) -> dict[str, Any]:
+    """A pod running ``sleep 3600`` on ``node`` (by hostname label), tolerating the JRM's taint."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": node},
+            "tolerations": TOLERATIONS,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "c", "image": "sleep", "command": ["sleep", "3600"], **container}],
+        },
+    }
+
+
+async def burst(client: Any, node: str, count: int) -> tuple[list[float], float]:
+    """Create ``count`` pods for ``node``; return their create->Running latencies and the pods/s."""
+    ns = f"bench-{node[:20]}-{count}-{uuid.uuid4().hex[:4]}"
+    await create_namespace(client, ns)
     created: dict[str, float] = {}
     running: dict[str, float] = {}
     done = asyncio.Event()
@@ -118,24 +137,7 @@ async def burst(client: Any, node: str, count: int) -> tuple[list[float], float]
 
     async def make(i: int) -> None:
         name = f"p{i}"
-        body = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "namespace": ns},
-            "spec": {
-                "nodeSelector": {"kubernetes.io/hostname": node},
-                "tolerations": TOLERATIONS,
-                "terminationGracePeriodSeconds": 1,
-                "containers": [
-                    {
-                        "name": "c",
-                        "image": "sleep",
-                        "command": ["sleep", "3600"],
-                        "resources": {"requests": {"cpu": "1m", "memory": "1Mi"}},
-                    }
-                ],
-            },
-        }
+        body = sleep_pod(ns, name, node, resources={"requests": {"cpu": "1m", "memory": "1Mi"}})
         async with sem:
             await create(client, f"/api/v1/namespaces/{ns}/pods", body)
             created[name] = time.monotonic()
@@ -171,29 +173,12 @@ async def run_sleep_pods(kubeconfig: Path, node: str, ns: str, count: int, timeo
     seconds from the first create to all Running."""
     client = async_raw_client(kubeconfig, timeout=60)
     try:
-        await create(
-            client, "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
-        )
-        for _ in range(200):  # the service-account controller must create the default account first
-            if (await client.get(f"/api/v1/namespaces/{ns}/serviceaccounts/default")).status_code == 200:
-                break
-            await asyncio.sleep(0.1)
+        await create_namespace(client, ns)
         sem = asyncio.Semaphore(16)
 
         async def make(i: int) -> None:
-            body = {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": f"p{i}", "namespace": ns},
-                "spec": {
-                    "nodeSelector": {"kubernetes.io/hostname": node},
-                    "tolerations": TOLERATIONS,
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [{"name": "c", "image": "sleep", "command": ["sleep", "3600"]}],
-                },
-            }
             async with sem:
-                await create(client, f"/api/v1/namespaces/{ns}/pods", body)
+                await create(client, f"/api/v1/namespaces/{ns}/pods", sleep_pod(ns, f"p{i}", node))
 
         start = time.monotonic()
         await asyncio.gather(*(make(i) for i in range(count)))

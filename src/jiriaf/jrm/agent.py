@@ -102,13 +102,12 @@ class Agent:
         tasks: list[asyncio.Task[Any]] = []
         try:
             pods.adopt_existing()
-            self.monitoring = Monitoring(
+            monitoring = self.monitoring = Monitoring(
                 settings,
                 pods,
                 api_errors=lambda: node.api_errors,
                 relists=lambda: self.informer.stats.relists if self.informer else 0,
             )
-            monitoring = self.monitoring
             # listening before the Node exists: a Ready node's kubelet endpoint always answers, and a
             # port that cannot be bound stops the JRM before it registers anything
             self.server = await self._start_server(client, pods)
