@@ -217,10 +217,17 @@ class PodWorker:
             waiting = cs.facts is None or not cs.facts.running
             if not cs.done and waiting and cs.final is not None and cs.backoff_until > now:
                 due.append(cs.backoff_until - now)
-        deadline = (self.pod.get("spec") or {}).get("activeDeadlineSeconds")
-        if deadline is not None and self.start_time is not None:
-            due.append(self.start_time + float(deadline) - now)
+        deadline = self._deadline()
+        if deadline is not None:
+            due.append(deadline - now)
         return max(0.01, min(due))
+
+    def _deadline(self) -> float | None:
+        """When ``activeDeadlineSeconds`` ends the pod (epoch seconds), once it has started."""
+        seconds = (self.pod.get("spec") or {}).get("activeDeadlineSeconds")
+        if seconds is None or self.start_time is None:
+            return None
+        return self.start_time + float(seconds)
 
     # ------------------------------------------------------------------ sync
     async def sync(self) -> None:
@@ -239,8 +246,8 @@ class PodWorker:
     async def _progress(self, now: float) -> None:
         if self.start_time is None:
             self.start_time = now
-        deadline = (self.pod.get("spec") or {}).get("activeDeadlineSeconds")
-        if deadline is not None and now - self.start_time >= float(deadline):
+        deadline = self._deadline()
+        if deadline is not None and now >= deadline:
             await self._fail_deadline()
             return
         if not self.prepared:
@@ -277,8 +284,6 @@ class PodWorker:
                 await self._start(cs)
             return
         if facts.running:
-            if facts.started_at and now - facts.started_at > status.BACKOFF_RESET_SECONDS:
-                cs.backoff_count = 0
             if cs.probe_task is None or cs.probe_task.done():
                 cs.probe_task = asyncio.create_task(self._probe_loop(cs))
             return

@@ -95,3 +95,18 @@ async def test_controller_wakes_the_pod_of_an_exited_container(tmp_path: Path) -
     PodController.container_exited(controller, ContainerKey("ns", "p", "u1", "a"))
     PodController.container_exited(controller, ContainerKey("ns", "gone", "u2", "a"))  # no worker: no-op
     await asyncio.wait_for(w.wake.wait(), 1)
+
+
+@pytest.mark.parametrize(("ran", "count_after", "delay"), [(700.0, 1, 10.0), (30.0, 6, 300.0)])
+async def test_back_off_starts_afresh_only_after_a_long_run(
+    tmp_path: Path, ran: float, count_after: int, delay: float
+) -> None:
+    """The reset is decided at the exit from the run's own times (no sync needs to see it running)."""
+    w = worker(tmp_path)
+    a = w.containers["a"]
+    a.backoff_count = 5
+    run = ContainerFacts(
+        ContainerKey("ns", "p", "u1", "a"), running=False, started_at=NOW - ran, finished_at=NOW, exit_code=0
+    )
+    await w._handle_exit(a, run, NOW)  # exit 0 under restartPolicy Always: restarted after a back-off
+    assert a.backoff_count == count_after and a.backoff_until == pytest.approx(NOW + delay)
